@@ -1,0 +1,1 @@
+"""Curation: ingest, score, grade, select and report on VLM training data (the `curate` CLI)."""

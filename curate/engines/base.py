@@ -1,0 +1,89 @@
+"""What every generation engine offers: many prompts, several seeded samples each, in one call.
+
+An engine never decides which rollouts to make; the scorer hands it (sample, rollout index, seed)
+triples and stores what comes back, so the results depend on the seeds and not on batching.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass
+class SamplingConfig:
+    """Sampling parameters shared by the engines (the paper's values are the defaults)."""
+
+    n: int = 8
+    """Rollouts per sample."""
+    temperature: float = 1.2
+    """Softmax temperature; 0 means greedy."""
+    top_p: float = 0.99
+    """Nucleus sampling mass."""
+    max_new_tokens: int = 2048
+    """Longest response in tokens."""
+    seed: int = 1
+    """Run seed; each rollout's seed derives from (seed, sample_id, rollout_idx)."""
+    min_pixels: int = 576
+    """Smallest image area the processor resizes to."""
+    max_pixels: int = 4_194_304
+    """Largest image area the processor resizes to."""
+
+
+@dataclass
+class Request:
+    """One prompt and the rollouts wanted from it."""
+
+    key: str
+    """The sample id."""
+    messages: list[dict]
+    """Chat messages with ``{"type": "image"}`` parts."""
+    images: list[Any]
+    """PIL images, in the order of the image parts."""
+    rollout_idx: list[int]
+    """Which rollouts of the sample to produce."""
+    seeds: list[int]
+    """One seed per rollout index."""
+
+
+@dataclass
+class Completion:
+    text: str
+    n_tokens: int
+    finish_reason: str
+    """``stop`` (end of sequence) or ``length`` (hit max_new_tokens)."""
+
+
+class Engine(Protocol):
+    name: str
+    model_id: str
+
+    def generate(self, requests: list[Request], cfg: SamplingConfig) -> list[list[Completion]]:
+        """One list of completions per request, aligned with ``request.seeds``."""
+        ...
+
+
+@dataclass
+class EngineOptions:
+    """Engine-specific knobs; each engine reads the ones it knows."""
+
+    dtype: str = "auto"
+    tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.85
+    max_model_len: int | None = None
+    batch_size: int = 64
+    """Sequences per forward pass (hf engine)."""
+    extra: dict = field(default_factory=dict)
+
+
+def rollout_seed(run_seed: int, sample_id: str, rollout_idx: int) -> int:
+    """A 63-bit seed that depends only on the run seed, the sample and the rollout index.
+
+    >>> rollout_seed(1, "abc", 0) == rollout_seed(1, "abc", 0) != rollout_seed(1, "abc", 1)
+    True
+    """
+    import hashlib
+
+    digest = hashlib.blake2b(f"{run_seed}:{sample_id}:{rollout_idx}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)

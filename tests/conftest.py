@@ -1,0 +1,79 @@
+"""Shared fixtures: tiny image folders and record files, built in tmp dirs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+
+def make_image(path: Path, size=(64, 64), color=(200, 30, 30)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path)
+    return path
+
+
+def record(qid, problem="How many circles are in <image>?", answer="3", images=("a.png",), key_words=("circle",), **extra):
+    rec = {"qid": qid, "problem": problem, "answer": answer, "images": list(images), "key_words": list(key_words) if isinstance(key_words, tuple) else key_words}
+    rec.update(extra)
+    return rec
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+HOSTILE_REASONS = [
+    "bad_json", "bad_utf8", "not_an_object", "missing_problem", "missing_problem", "missing_answer", "bad_field",
+    "no_image", "image_missing", "image_not_file", "image_unreadable", "image_too_small", "image_aspect",
+    "image_outside_root", "image_outside_root", "image_outside_root", "duplicate", "conflicting_duplicate",
+]
+
+
+@pytest.fixture
+def hostile(tmp_path):
+    """A JSONL with valid records and one broken record of every kind ingest rejects.
+
+    Returns (file, image_root, expected accepted count, expected reasons in order).
+    """
+    root = tmp_path / "imgs"
+    make_image(root / "a.png")
+    make_image(root / "b.png", color=(0, 0, 255))
+    make_image(root / "c.png", color=(0, 255, 0))
+    make_image(root / "small.png", size=(20, 64))
+    make_image(root / "thin.png", size=(29, 6000))
+    (root / "dir.png").mkdir()
+    (root / "junk.png").write_bytes(b"not an image at all")
+    make_image(tmp_path / "outside.png", color=(1, 2, 3))
+    (root / "escape.png").symlink_to(tmp_path / "outside.png")
+    lines = [
+        record("q1"),
+        record(7, answer=5, images=["b.png"], key_words="square"),  # numeric qid/answer, string key_words
+        record(None, problem="Which colour is <image>?", answer="green", images=["c.png"]),  # no qid -> hash
+        '{"qid": "broken", "problem": ',
+        b"\xff\xfe not utf8".decode("latin-1"),  # replaced below by raw bytes
+        "[1, 2, 3]",
+        record("q-noprob", problem=""),
+        {"qid": "q-noprob2", "answer": "1", "images": ["a.png"]},
+        {"qid": "q-noans", "problem": "What is <image>?", "images": ["a.png"]},
+        record("q-badkw", key_words={"a": 1}),
+        record("q-noimg", images=[]),
+        record("q-missing", images=["nope.png"]),
+        record("q-dir", images=["dir.png"]),
+        record("q-junk", images=["junk.png"]),
+        record("q-small", images=["small.png"]),
+        record("q-thin", images=["thin.png"]),
+        record("q-dotdot", images=["../outside.png"]),
+        record("q-abs", images=[str(tmp_path / "outside.png")]),
+        record("q-link", images=["escape.png"]),
+        record("q1-copy"),  # identical content to q1 -> duplicate
+        record("q1", answer="4"),  # same qid as q1, other content -> conflicting duplicate
+    ]
+    path = tmp_path / "hostile.jsonl"
+    write_jsonl(path, lines)
+    data = path.read_bytes().replace(b"\xc3\xbf\xc3\xbe not utf8", b"\xff\xfe not utf8")
+    path.write_bytes(data)
+    return path, root, 3, HOSTILE_REASONS

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import make_image, record, write_jsonl
+
+from curate.errors import PebrError
+from curate.importer import import_rollouts
+from curate.ingest import IngestOptions, ingest
+from curate.sql import run_query
+from curate.store import Store
+
+
+@pytest.fixture
+def store(tmp_path):
+    root = tmp_path / "imgs"
+    make_image(root / "a.png")
+    rows = [record(f"q{i}", answer=str(i)) for i in range(3)]
+    s = Store(tmp_path / "store")
+    ingest(s, IngestOptions(path=write_jsonl(tmp_path / "d.jsonl", rows), image_root=root, source="toy"))
+    return s
+
+
+def test_import_pebr_dump(tmp_path, store):
+    lines = []
+    for q, k in (("q0", 8), ("q1", 3), ("q2", 0), ("ghost", 2)):
+        for i in range(8):
+            lines.append({"qid": q, "response": f"resp {i}", "ground_truth": "x", "score": {"accuracy": float(i < k)}})
+    lines.append("{broken")
+    path = write_jsonl(tmp_path / "rollout_results.jsonl", lines)
+    r = import_rollouts(store, path)
+    assert (r.lines, r.rollouts, r.unreadable) == (33, 32, 1)
+    assert (r.unmatched_rollouts, r.unmatched_qids) == (8, 1)
+    con = store.connect()
+    got = con.execute("select s.qid, d.k, d.band from difficulty d join samples s using (sample_id) order by 1").fetchall()
+    assert got == [("q0", 8, "easy"), ("q1", 3, "medium"), ("q2", 0, "hard")]
+    idx = con.execute("select qid, list(rollout_idx order by rollout_idx) from rollouts group by qid").fetchall()
+    assert all(v == list(range(8)) for _, v in idx)
+
+
+def test_import_verl_dump_needs_qid_field(tmp_path, store):
+    lines = [{"input": "p", "output": f"o{i}", "gts": "0", "score": float(i % 2), "step": 1, "uid": "q0"} for i in range(4)]
+    path = write_jsonl(tmp_path / "1.jsonl", lines)
+    with pytest.raises(PebrError, match="--qid-field"):
+        import_rollouts(store, path)
+    r = import_rollouts(store, path, qid_field="uid")
+    assert r.rollouts == 4 and r.unmatched_rollouts == 0
+    assert run_query(store, f"select k from difficulty where run_id = '{r.run_id}'").to_pylist() == [{"k": 2}]
+
+
+def test_sql_refuses_writes(store):
+    for q in ("delete from samples", "create table t as select 1", "copy samples to '/tmp/x.csv'", "select 1; drop view samples"):
+        with pytest.raises(PebrError, match="read-only"):
+            run_query(store, q)
+    with pytest.raises(PebrError):
+        run_query(store, "select nope from samples")
+    assert run_query(store, "select count(*) as n from samples").to_pylist() == [{"n": 3}]
+
+
+def test_sql_json_output(store):
+    import io
+
+    from curate.sql import write_result
+
+    buf = io.StringIO()
+    write_result(run_query(store, "select qid from samples order by qid"), "json", buf)
+    assert json.loads(buf.getvalue()) == [{"qid": "q0"}, {"qid": "q1"}, {"qid": "q2"}]
