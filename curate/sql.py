@@ -29,7 +29,7 @@ def run_query(store: Store, query: str) -> pa.Table:
     try:
         result = None
         for st in statements:
-            result = con.execute(st.query).to_arrow_table()
+            result = con.sql(st.query).to_arrow_table()
         return result
     except duckdb.Error as exc:
         raise PebrError(str(exc).splitlines()[0]) from None

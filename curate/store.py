@@ -23,6 +23,7 @@ import json
 import os
 import socket
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,17 +85,27 @@ class Store:
 
     # -- writer lock ----------------------------------------------------------------------
     @contextlib.contextmanager
-    def writing(self, command: str) -> Iterator[Store]:
-        """Hold the store's writer lock for the block; a second writer gets a clear error."""
+    def writing(self, command: str, wait: float = 0.0) -> Iterator[Store]:
+        """Hold the store's writer lock for the block.
+
+        A second writer waits up to `wait` seconds (scoring shards take turns this way), then gets
+        a clear error naming the holder.
+        """
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / ".lock"
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = Path(path).read_text(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise PebrError(f"store {self.root} is being written by {holder}; wait for it to finish") from None
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                holder = Path(path).read_text(errors="replace").strip() or "another process"
+                os.close(fd)
+                raise PebrError(f"store {self.root} is being written by {holder}; wait for it to finish") from None
         try:
             os.ftruncate(fd, 0)
             os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} ({command}, since {_now():%Y-%m-%d %H:%M:%S} UTC)".encode())
