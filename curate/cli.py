@@ -108,6 +108,129 @@ def sql(
     write_result(result, fmt.value)
 
 
+@app.command()
+def grade(
+    file: Annotated[Path, typer.Argument(help="JSONL with `response`, `answer` (or `ground_truth`), optional `key_words`, `response_length`, `image`.")],
+    stage: Annotated[str, typer.Option(help="sampling | perception | reasoning")] = "sampling",
+    out: Annotated[Optional[Path], typer.Option(help="Write graded lines here (default: stdout).")] = None,
+    clip_model: Annotated[Optional[Path], typer.Option(help="CLIP-family model dir for the alignment reward.")] = None,
+    allow_remote_code: Annotated[bool, typer.Option(help="Let the alignment model run its own code (FG-CLIP).")] = False,
+) -> None:
+    """Grade responses with the paper's rewards, without generating.
+
+    Example: curate grade responses.jsonl --stage perception --out graded.jsonl
+    """
+    import sys
+
+    from curate.grade import grade_file
+    from rewards import RewardConfig
+
+    cfg = RewardConfig(clip_model_path=str(clip_model) if clip_model else None, allow_remote_code=allow_remote_code)
+    handle = open(out, "w") if out else sys.stdout
+    try:
+        report = grade_file(file, stage, handle, cfg)
+    finally:
+        if out:
+            handle.close()
+    err = console()
+    if report.note:
+        err.print(f"[yellow]{report.note}[/yellow]", soft_wrap=True)
+    for line in report.skipped[:20]:
+        err.print(f"[yellow]skipped[/yellow] {line}", highlight=False)
+    err.print(f"graded {report.graded} response(s); skipped {len(report.skipped)}")
+
+
+@app.command()
+def regrade(
+    run: Annotated[str, typer.Option("--run", help="The run whose rollouts to grade again.")],
+    store: StoreOpt = Path("store"),
+) -> None:
+    """Grade a stored run again with the current graders, into a new run (no generation).
+
+    Example: curate regrade --run score-3f2a9c1b0d4e
+    """
+    from curate.grade import regrade as run_regrade
+
+    with progress_bar(unit="rollouts") as bar:
+        task = bar.add_task(f"regrade {run}", total=None)
+        new_run, total = run_regrade(_store(store), run, progress=lambda k: bar.advance(task, k))
+    console().print(f"regraded {total:,} rollouts of {run} into run [bold]{new_run}[/bold]")
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    from curate.errors import PebrError
+
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise PebrError(f"--shard {text!r}: expected i/N, e.g. 0/4") from None
+    return i, n
+
+
+@app.command()
+def score(
+    model: Annotated[Path, typer.Option(help="Hugging Face VLM directory (the base model).")],
+    engine: Annotated[str, typer.Option(help="hf (transformers) or vllm.")] = "hf",
+    n: Annotated[int, typer.Option(help="Rollouts per sample.")] = 8,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 1.2,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 0.99,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest response in tokens.")] = 2048,
+    seed: Annotated[int, typer.Option(help="Run seed; rollout seeds derive from (seed, sample, index).")] = 1,
+    source: Annotated[Optional[list[str]], typer.Option(help="Only samples of this source (repeatable).")] = None,
+    shard: Annotated[str, typer.Option(help="i/N: score the i-th of N disjoint parts (for N processes).")] = "0/1",
+    adaptive: Annotated[bool, typer.Option(help="Stop a sample once it has a correct and an incorrect rollout.")] = False,
+    round_size: Annotated[int, typer.Option(help="Adaptive: rollouts per sample per round.")] = 2,
+    batch_size: Annotated[int, typer.Option(help="hf: sequences per forward pass.")] = 64,
+    chunk: Annotated[Optional[int], typer.Option(help="Samples per generate call and written part (default hf 16, vllm 512).")] = None,
+    tensor_parallel_size: Annotated[int, typer.Option(help="vllm: GPUs per model replica.")] = 1,
+    gpu_memory_utilization: Annotated[float, typer.Option(help="vllm: fraction of GPU memory to use.")] = 0.85,
+    max_model_len: Annotated[Optional[int], typer.Option(help="vllm: context length.")] = None,
+    dtype: Annotated[str, typer.Option(help="Model dtype (auto, bfloat16, float32).")] = "auto",
+    min_pixels: Annotated[int, typer.Option(help="Smallest image area after resizing.")] = 576,
+    max_pixels: Annotated[int, typer.Option(help="Largest image area after resizing.")] = 4_194_304,
+    limit: Annotated[Optional[int], typer.Option(help="Score only the first N samples (quick checks).")] = None,
+    run: Annotated[Optional[str], typer.Option(help="Resume this run id.")] = None,
+    new_run: Annotated[bool, typer.Option(help="Start a new run even if an identical one exists.")] = False,
+    store: StoreOpt = Path("store"),
+) -> None:
+    """Run the base model n times on every sample; grade and keep every rollout (resumable).
+
+    Running the same command again resumes the run where it stopped.
+
+    Example: curate score --model Qwen2.5-VL-7B-Instruct --engine vllm --n 8 --temperature 1.2
+    """
+    from curate.engines.base import EngineOptions, SamplingConfig
+    from curate.score import ScoreOptions
+    from curate.score import score as run_score
+
+    opts = ScoreOptions(
+        model=str(model), engine=engine,
+        sampling=SamplingConfig(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
+                                min_pixels=min_pixels, max_pixels=max_pixels),
+        engine_options=EngineOptions(dtype=dtype, tensor_parallel_size=tensor_parallel_size,
+                                     gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
+                                     batch_size=batch_size),
+        sources=source, shard=_parse_shard(shard), adaptive=adaptive, round_size=round_size,
+        chunk=chunk or (512 if engine == "vllm" else 16), limit=limit, run=run, new_run=new_run,
+    )
+    with progress_bar(unit="rollouts") as bar:
+        task = bar.add_task(f"score ({engine})", total=None)
+
+        def progress(advance: int, total: int | None) -> None:
+            if total is not None:
+                bar.update(task, total=total)
+            bar.advance(task, advance)
+
+        report = run_score(_store(store), opts, progress=progress)
+    out = console()
+    out.print(f"run [bold]{report.run_id}[/bold]: {report.samples:,} samples, {report.generated:,} rollouts generated "
+              f"({report.already_done:,} already done) in {report.seconds:.1f} s")
+    if opts.adaptive:
+        total = report.generated + report.already_done
+        out.print(f"adaptive: {total:,} rollouts instead of {report.rollouts_full:,} "
+                  f"({1 - total / report.rollouts_full:.0%} saved)")
+
+
 def main() -> None:
     run_app(app)
 

@@ -77,3 +77,26 @@ def hostile(tmp_path):
     data = path.read_bytes().replace(b"\xc3\xbf\xc3\xbe not utf8", b"\xff\xfe not utf8")
     path.write_bytes(data)
     return path, root, 3, HOSTILE_REASONS
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A random-weight tiny Qwen2-VL directory (built offline in seconds, once per session)."""
+    from train.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)
+
+
+def small_store(tmp_path, n=6, source="toy"):
+    """A store with `n` ingested samples (answers "0".."n-1"), one image each."""
+    from curate.ingest import IngestOptions, ingest
+    from curate.store import Store
+
+    root = tmp_path / "imgs"
+    rows = []
+    for i in range(n):
+        make_image(root / f"{i}.png", color=(30 * i % 255, 40, 200))
+        rows.append(record(f"q{i}", problem=f"How many circles are in <image>? ({i})", answer=str(i), images=[f"{i}.png"]))
+    store = Store(tmp_path / "store")
+    ingest(store, IngestOptions(path=write_jsonl(tmp_path / "d.jsonl", rows), image_root=root, source=source))
+    return store

@@ -1,0 +1,280 @@
+"""Scoring: the base model answers every sample n times; every rollout is graded and kept.
+
+How a run stays exact under crashes, shards and adaptive stopping:
+1. A run's id is a fingerprint of what determines its rollouts (model, engine, sampling, prompt,
+   grader, sources, adaptive rule), so running the same command again resumes the same run.
+2. Rollout j of a sample is generated with the seed derived from (run seed, sample, j). What a run
+   still needs is therefore a set difference: the indices not yet in the store. Batching, restarts
+   and adaptive rounds do not change any rollout.
+3. Rollouts land in immutable Parquet parts, one per chunk of finished requests, renamed into place
+   under the store lock; a kill loses at most the chunk in flight and never leaves half of one.
+4. `--shard i/N` takes the samples whose id hashes to i mod N; shards of one run share its id and
+   take turns at the store lock, so N processes (or a Ray job) fill one store.
+5. `--adaptive` samples in rounds and stops a sample once it has a correct and an incorrect rollout:
+   its band (medium) is then certain. Easy and hard samples still get all n, so bands equal those of
+   a full run with the same seeds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+
+from curate.engines.base import Completion, EngineOptions, Request, SamplingConfig, rollout_seed
+from curate.errors import PebrError
+from curate.store import Store
+from rewards.prompt import PROMPT_TEMPLATE, build_messages
+
+STORE_WAIT_S = 600.0
+"""How long a scoring process waits for the store lock held by another shard."""
+
+
+@dataclass
+class ScoreOptions:
+    """What `curate score` was asked to do."""
+
+    model: str
+    """Hugging Face model directory of the base VLM."""
+    engine: str = "hf"
+    """``hf`` (transformers) or ``vllm``."""
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """n, temperature, top_p, max_new_tokens, seed, pixel bounds."""
+    engine_options: EngineOptions = field(default_factory=EngineOptions)
+    """Engine knobs: batch size, dtype, tensor/data parallel sizes, memory use."""
+    sources: list[str] | None = None
+    """Score only samples of these sources (default: all)."""
+    shard: tuple[int, int] = (0, 1)
+    """(i, N): score the i-th of N disjoint parts of the samples."""
+    adaptive: bool = False
+    """Stop a sample as soon as it has both a correct and an incorrect rollout."""
+    round_size: int = 2
+    """Rollouts per sample per adaptive round."""
+    chunk: int = 16
+    """Samples per generate call and per written part (bigger for vLLM)."""
+    template: str = PROMPT_TEMPLATE
+    """Prompt template; ``{problem}`` is replaced by the question."""
+    limit: int | None = None
+    """Score only the first `limit` samples (by id order) of this shard; for quick checks."""
+    run: str | None = None
+    """Resume this run id instead of the one the options fingerprint."""
+    new_run: bool = False
+    """Start a new run even when an identical one exists."""
+
+
+@dataclass
+class ScoreReport:
+    run_id: str
+    samples: int = 0
+    generated: int = 0
+    already_done: int = 0
+    rollouts_full: int = 0
+    """Rollouts a full (non-adaptive) run of these samples would make."""
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def _model_fingerprint(model: str) -> str:
+    """The model dir's config and weight index, so a retrained model in the same folder is a new run."""
+    h = hashlib.sha256(os.path.realpath(model).encode())
+    p = Path(model)
+    for name in ("config.json", "model.safetensors.index.json", "generation_config.json"):
+        if (p / name).is_file():
+            h.update((p / name).read_bytes())
+    for w in sorted(p.glob("*.safetensors")):
+        st = w.stat()
+        h.update(f"{w.name}:{st.st_size}:{int(st.st_mtime)}".encode())
+    return h.hexdigest()[:16]
+
+
+def run_fingerprint(opts: ScoreOptions, grader: str) -> dict:
+    s = dataclasses.asdict(opts.sampling)
+    return {
+        "model": os.path.realpath(opts.model), "model_fingerprint": _model_fingerprint(opts.model),
+        "engine": opts.engine, "sampling": s, "template": opts.template, "grader": grader,
+        "sources": sorted(opts.sources) if opts.sources else None, "adaptive": opts.adaptive,
+        "round_size": opts.round_size if opts.adaptive else None, "limit": opts.limit,
+    }
+
+
+def _in_shard(sample_id: str, shard: tuple[int, int]) -> bool:
+    i, n = shard
+    return n == 1 or int(hashlib.sha256(sample_id.encode()).hexdigest()[:8], 16) % n == i
+
+
+@contextlib.contextmanager
+def _shard_lock(store: Store, run_id: str, shard: tuple[int, int]) -> Iterator[None]:
+    d = store.root / "locks"
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"{run_id}.{shard[0]}-of-{shard[1]}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = path.read_text(errors="replace").strip()
+        os.close(fd)
+        raise PebrError(f"run {run_id} shard {shard[0]}/{shard[1]} is already being scored by {holder}") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()}".encode())
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _pending(have: dict[int, bool], n: int, adaptive: bool, round_size: int) -> list[int]:
+    """Rollout indices a sample still needs in this round, given {rollout_idx: correct} so far.
+
+    >>> _pending({0: True, 1: False}, 8, True, 2)
+    []
+    >>> _pending({0: True, 1: True}, 8, True, 2)
+    [2, 3]
+    >>> _pending({0: True, 2: True}, 4, False, 2)
+    [1, 3]
+    """
+    if adaptive and len(set(have.values())) == 2:
+        return []
+    missing = [i for i in range(n) if i not in have]
+    return missing[:round_size] if adaptive else missing
+
+
+def _load_images(store: Store, paths: list[str]):
+    from PIL import Image
+
+    out = []
+    for p in paths:
+        with Image.open(store.root / p) as im:
+            out.append(im.convert("RGB"))
+    return out
+
+
+def score(store: Store, opts: ScoreOptions, progress: Callable[[int, int | None], None] | None = None,
+          engine=None) -> ScoreReport:
+    """Generate and grade the rollouts a run still needs. `progress(advance, new_total)` reports rollouts."""
+    import time
+
+    from curate.engines import load_engine
+    from rewards import GRADER_VERSION, grade
+
+    store.require()
+    i, n_shards = opts.shard
+    if not (0 <= i < n_shards):
+        raise PebrError(f"--shard {i}/{n_shards}: need 0 <= i < N")
+    if opts.sampling.n < 1:
+        raise PebrError("--n must be at least 1")
+    if not Path(opts.model).is_dir():
+        raise PebrError(f"--model {opts.model}: not a model directory")
+    fp = run_fingerprint(opts, GRADER_VERSION)
+    con = store.connect()
+    if opts.run:
+        row = con.execute("SELECT config FROM runs WHERE run_id = ? AND kind = 'score'", [opts.run]).fetchone()
+        if not row:
+            raise PebrError(f"no score run {opts.run}")
+        run_id = opts.run
+    else:
+        digest = hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:12]
+        run_id = f"score-{digest}"
+        if opts.new_run:
+            import uuid
+
+            run_id = f"score-{digest}-{uuid.uuid4().hex[:6]}"
+
+    where, params = "", []
+    if opts.sources:
+        where = f"WHERE source IN ({', '.join('?' * len(opts.sources))})"
+        params = list(opts.sources)
+    rows = con.execute(
+        f"SELECT sample_id, problem, answer, key_words, images, qid FROM samples {where} ORDER BY sample_id", params
+    ).fetchall()
+    rows = [r for r in rows if _in_shard(r[0], opts.shard)]
+    if opts.limit is not None:
+        rows = rows[: opts.limit]
+    if not rows:
+        raise PebrError("no samples to score (ingest some, or check --source / --shard)")
+    have: dict[str, dict[int, bool]] = {r[0]: {} for r in rows}
+    for sid, idx, correct in con.execute(
+        "SELECT sample_id, rollout_idx, correct FROM rollouts WHERE run_id = ?", [run_id]
+    ).fetchall():
+        if sid in have:
+            have[sid][idx] = correct
+    run_exists = con.execute("SELECT count(*) FROM runs WHERE run_id = ?", [run_id]).fetchone()[0] > 0
+    con.close()
+
+    n = opts.sampling.n
+    report = ScoreReport(run_id=run_id, samples=len(rows), rollouts_full=len(rows) * n,
+                         already_done=sum(len(v) for v in have.values()))
+    started = time.monotonic()
+    with _shard_lock(store, run_id, opts.shard):
+        if not run_exists:
+            with store.writing(f"curate score {run_id}", wait=STORE_WAIT_S):
+                con = store.connect()
+                if not con.execute("SELECT count(*) FROM runs WHERE run_id = ?", [run_id]).fetchone()[0]:
+                    store.add_run(run_id, "score", model=fp["model"], engine=opts.engine, sampling=fp["sampling"],
+                                  grader_version=GRADER_VERSION, config={**fp, "engine_options": dataclasses.asdict(opts.engine_options)})
+                con.close()
+        by_id = {r[0]: r for r in rows}
+        while True:
+            todo = [(sid, _pending(have[sid], n, opts.adaptive, opts.round_size)) for sid in have]
+            todo = [(sid, idx) for sid, idx in todo if idx]
+            if not todo:
+                break
+            if engine is None:
+                engine = load_engine(opts.engine, opts.model, opts.engine_options, opts.sampling)
+            if progress:
+                progress(0, report.already_done + report.generated + sum(len(ix) for _, ix in todo))
+            for start in range(0, len(todo), opts.chunk):
+                chunk = todo[start:start + opts.chunk]
+                requests = []
+                for sid, idx in chunk:
+                    _, problem, _answer, _kw, images, _qid = by_id[sid]
+                    requests.append(Request(
+                        key=sid, messages=build_messages(problem, len(images), opts.template),
+                        images=_load_images(store, images), rollout_idx=idx,
+                        seeds=[rollout_seed(opts.sampling.seed, sid, j) for j in idx],
+                    ))
+                outputs = engine.generate(requests, opts.sampling)
+                table = _graded_rows(run_id, requests, outputs, by_id, grade)
+                with store.writing(f"curate score {run_id}", wait=STORE_WAIT_S):
+                    store.write("rollouts", table, run_id)
+                for sid, j, ok in zip(table.column("sample_id").to_pylist(), table.column("rollout_idx").to_pylist(),
+                                      table.column("correct").to_pylist(), strict=True):
+                    have[sid][j] = ok
+                report.generated += table.num_rows
+                if progress:
+                    progress(table.num_rows, None)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _graded_rows(run_id: str, requests: list[Request], outputs: list[list[Completion]], by_id: dict, grade) -> pa.Table:
+    records = []
+    for req, comps in zip(requests, outputs, strict=True):
+        if len(comps) != len(req.seeds):
+            raise RuntimeError(f"engine returned {len(comps)} completions for {len(req.seeds)} seeds")
+        _, _problem, answer, key_words, _images, qid = by_id[req.key]
+        for j, seed, c in zip(req.rollout_idx, req.seeds, comps, strict=True):
+            records.append({
+                "sample_id": req.key, "qid": qid, "rollout_idx": j, "seed": seed, "response": c.text,
+                "n_tokens": c.n_tokens, "finish_reason": c.finish_reason,
+                "answer": answer, "key_words": key_words, "response_length": c.n_tokens,
+            })
+    graded = grade(records, "sampling")
+    rows = []
+    for g in graded:
+        r = g["rewards"]
+        rows.append({
+            "run_id": run_id, "sample_id": g["sample_id"], "qid": g["qid"], "rollout_idx": g["rollout_idx"],
+            "seed": g["seed"], "response": g["response"], "n_tokens": g["n_tokens"],
+            "finish_reason": g["finish_reason"], **{k: r.get(k) for k in ("accuracy", "format", "keyword", "length", "clip", "overall")},
+            "correct": bool(g["correct"]),
+        })
+    return pa.Table.from_pylist(rows)
