@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from curate.cli_common import FormatOpt, OutFormat, StoreOpt, console, progress_bar, run_app
+from schemas.cli import FormatOpt, OutFormat, StoreOpt, console, progress_bar, run_app
 
 app = typer.Typer(
     name="curate",

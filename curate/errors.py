@@ -1,5 +1,5 @@
-"""The one exception type the CLI turns into a single clear line instead of a traceback."""
+"""Curation's user-facing error: the toolkit-wide one (defined with the other shared types in `schemas`)."""
 
+from schemas.errors import PebrError
 
-class PebrError(Exception):
-    """A user-facing error: bad input, a locked store, a missing file. The message says what to do."""
+__all__ = ["PebrError"]

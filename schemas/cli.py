@@ -1,4 +1,7 @@
-"""Options and helpers shared by the `curate` and `train` command lines (no heavy imports)."""
+"""Command-line conventions shared by `curate` and `train`: the --store option, output formats, progress bars, errors.
+
+Only typer and rich are imported at module level, so `--help` stays instant.
+"""
 
 from __future__ import annotations
 
@@ -52,7 +55,7 @@ def console():
 
 def run_app(app: typer.Typer) -> None:
     """Run a typer app; our user errors end in one red line and exit code 2, not a traceback."""
-    from curate.errors import PebrError
+    from schemas.errors import PebrError
 
     try:
         rc = app(standalone_mode=False)
