@@ -1,0 +1,162 @@
+"""The `train` command line: warm-up SFT, two-stage GRPO, evaluation and the tiny offline model.
+
+Heavy libraries (torch, transformers, TRL) are imported inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from schemas.cli import console, progress_bar, run_app
+
+app = typer.Typer(
+    name="train",
+    help="Train VLMs perception-first: warm-up SFT, then GRPO on perception, then on reasoning (TRL underneath).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.command("init-tiny")
+def init_tiny(
+    out: Annotated[Path, typer.Option(help="Directory to write the model to.")],
+    corpus: Annotated[Optional[Path], typer.Option(help="JSONL whose problem/response/answer texts train the tokenizer.")] = None,
+    seed: Annotated[int, typer.Option(help="Weight and tokenizer seed.")] = 0,
+) -> None:
+    """Build a tiny random-weight Qwen2-VL (offline, seconds) that Auto classes and vLLM load.
+
+    Example: train init-tiny --out models/tiny --corpus world/train.jsonl
+    """
+    import json
+
+    from train.tiny import build_tiny_model
+
+    texts = None
+    if corpus is not None:
+        from schemas.errors import PebrError
+
+        if not corpus.is_file():
+            raise PebrError(f"--corpus {corpus}: no such file")
+        texts = []
+        for line in corpus.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                texts += [str(rec[k]) for k in ("problem", "response", "answer") if rec.get(k) is not None]
+    with console().status("building the tiny model"):
+        path = build_tiny_model(out, corpus=texts, seed=seed)
+    console().print(f"tiny Qwen2-VL written to [bold]{path}[/bold]")
+
+
+@app.command()
+def run(
+    stage: Annotated[str, typer.Option(help="warmup | perception | reasoning")],
+    model: Annotated[Path, typer.Option(help="Model directory to start from.")],
+    data: Annotated[Path, typer.Option(help="Stage dataset dir from `curate select`, or JSONL/Parquet records.")],
+    out: Annotated[Path, typer.Option(help="Output directory (model, checkpoints, TensorBoard logs, run record).")],
+    recipe: Annotated[Optional[Path], typer.Option(help="Recipe YAML (pipelines/pebr.yaml, pipelines/demo.yaml).")] = None,
+    image_root: Annotated[Optional[Path], typer.Option(help="Folder image paths are relative to (default: the data file's).")] = None,
+    resume: Annotated[bool, typer.Option(help="Resume from the last checkpoint in --out.")] = False,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config field: key=value (repeatable).")] = None,
+) -> None:
+    """Train one stage: warm-up SFT, or GRPO with the stage's reward (paper defaults, recipe, then --set).
+
+    Example: train run --stage perception --model runs/warmup --data stages/perception --out runs/stage1 --recipe pipelines/pebr.yaml
+    """
+    from dataclasses import asdict
+
+    from train.config import load_recipe, parse_overrides, stage_config
+
+    cfg = stage_config(stage, load_recipe(recipe), parse_overrides(set_ or []))
+    out_console = console()
+    out_console.print(f"[bold]{stage}[/bold] with " + ", ".join(f"{k}={v}" for k, v in asdict(cfg).items()), highlight=False)
+    if stage == "warmup":
+        from train.warmup import run_warmup
+
+        r = run_warmup(model, data, out, cfg, image_root=image_root, resume=resume, callbacks=[_progress_callback()])
+        if r.skipped:
+            out_console.print(f"[yellow]not trained on: {r.skipped}[/yellow]")
+        out_console.print(f"warm-up: {r.rows} rows, {r.steps} steps, loss {r.first_loss:.3f} -> {r.last_loss:.3f} "
+                          f"in {r.seconds:.0f} s; model in [bold]{out}[/bold]")
+        return
+    from train.grpo import run_stage
+
+    r = run_stage(model, data, out, cfg, image_root=image_root, resume=resume, callbacks=[_progress_callback()])
+    fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
+    out_console.print(f"{stage}: {r.steps} steps in {r.seconds:.0f} s; model in [bold]{out}[/bold]")
+    out_console.print(f"zero-advantage groups: predicted {fmt(r.predicted_zero_adv)}, observed {fmt(r.observed_zero_adv)}")
+
+
+def _progress_callback():
+    """A TrainerCallback showing a rich progress bar (steps, rate, ETA) over training."""
+    from transformers import TrainerCallback
+
+    class RichProgress(TrainerCallback):
+        def __init__(self):
+            self.bar = None
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.bar = progress_bar(unit="steps")
+            self.bar.start()
+            self.task = self.bar.add_task("train", total=state.max_steps)
+
+        def on_step_end(self, args, state, control, **kw):
+            self.bar.update(self.task, completed=state.global_step)
+
+        def on_train_end(self, args, state, control, **kw):
+            self.bar.stop()
+
+    return RichProgress()
+
+
+@app.command("eval")
+def eval_(
+    model: Annotated[Path, typer.Option(help="Model directory.")],
+    data: Annotated[Path, typer.Option(help="Held-out records (JSONL/Parquet) or a stage dataset dir.")],
+    temperature: Annotated[float, typer.Option(help="0 = greedy; the paper validates at 0.5.")] = 0.0,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest answer.")] = 1024,
+    batch_size: Annotated[int, typer.Option(help="Prompts per generate call.")] = 16,
+    limit: Annotated[Optional[int], typer.Option(help="Only the first N records.")] = None,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 1,
+    image_root: Annotated[Optional[Path], typer.Option(help="Folder image paths are relative to.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON here.")] = None,
+    responses: Annotated[Optional[Path], typer.Option(help="Write every response with its grade (JSONL).")] = None,
+) -> None:
+    """Accuracy per capability and source on a held-out set, as a table and JSON.
+
+    Example: train eval --model runs/stage2 --data world/test.jsonl --temperature 0.5 --json eval.json
+    """
+    import json
+    from dataclasses import asdict
+
+    from rich.table import Table
+
+    from train.config import EvalConfig
+    from train.evaluate import evaluate
+
+    cfg = EvalConfig(temperature=temperature, max_new_tokens=max_new_tokens, batch_size=batch_size, limit=limit, seed=seed)
+    with progress_bar(unit="prompts") as bar:
+        task = bar.add_task("eval", total=None)
+        result = evaluate(model, data, cfg, image_root=image_root, progress=lambda k: bar.advance(task, k),
+                          responses_out=responses)
+    table = Table(title=f"{model} on {data}")
+    for col in ("group", "n", "accuracy"):
+        table.add_column(col)
+    for kind, groups in (("capability", result.by_capability), ("source", result.by_source)):
+        for name, v in groups.items():
+            table.add_row(f"{kind}: {name}", str(v["n"]), f"{v['accuracy']:.3f}")
+    table.add_row("[bold]all", str(result.n), f"[bold]{result.accuracy:.3f}")
+    console().print(table)
+    if json_out:
+        json_out.write_text(json.dumps(asdict(result), indent=2))
+
+
+def main() -> None:
+    run_app(app)
+
+
+if __name__ == "__main__":
+    main()

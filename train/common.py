@@ -1,0 +1,83 @@
+"""What every training stage does the same way: load a VLM, freeze its vision tower, record provenance."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from schemas.errors import PebrError
+
+RUN_RECORD = "pebr_run.json"
+"""Written into every output directory: what produced the model."""
+
+
+def load_vlm(model_dir: str | Path, min_pixels: int | None = None, max_pixels: int | None = None):
+    """A Hugging Face VLM and its processor from a local directory (float32 on CPU, bf16 on GPUs)."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    if not Path(model_dir).is_dir():
+        raise PebrError(f"--model {model_dir}: not a model directory")
+    kwargs = {}
+    if min_pixels is not None:
+        kwargs["min_pixels"] = min_pixels
+    if max_pixels is not None:
+        kwargs["max_pixels"] = max_pixels
+    processor = AutoProcessor.from_pretrained(model_dir, **kwargs)
+    dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype)
+    return model, processor
+
+
+def use_bf16(flag: bool | None) -> bool:
+    import torch
+
+    if flag is None:
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    return flag
+
+
+def freeze_vision_tower(model) -> int:
+    """Stop gradients into the vision encoder (and its merger); returns the number of frozen tensors."""
+    frozen = 0
+    for name, param in model.named_parameters():
+        if ".visual." in f".{name}" or name.startswith("visual."):
+            param.requires_grad_(False)
+            frozen += 1
+    if not frozen:
+        raise PebrError("could not find a vision tower (parameters named '*visual*') to freeze")
+    return frozen
+
+
+def write_run_record(out: Path, stage: str, config: dict[str, Any], model: str, data: str, data_manifest: dict | None,
+                     extra: dict[str, Any] | None = None) -> Path:
+    """Record what produced the model in `out`: stage, config, inputs, versions, command."""
+    import torch
+    import transformers
+    import trl
+
+    record = {
+        "stage": stage, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "model": str(model), "data": str(data),
+        "data_manifest": data_manifest, "config": config,
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "transformers": transformers.__version__, "trl": trl.__version__, "pebr": _pebr_version()},
+        **(extra or {}),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / RUN_RECORD
+    path.write_text(json.dumps(record, indent=2, default=str))
+    return path
+
+
+def _pebr_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pebr")
+    except PackageNotFoundError:
+        return "not installed"

@@ -1,0 +1,215 @@
+"""One typed config per training stage, with the paper's numbers as defaults.
+
+Recipes (pipelines/*.yaml) and command-line overrides fill these objects; nothing is copied from
+one config into another behind the reader's back. Where a TRL argument is derived (gradient
+accumulation from question counts), the derivation is a named function with a docstring.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from schemas.errors import PebrError
+
+
+@dataclass
+class WarmupConfig:
+    """Warm-up SFT (the paper used LLaMA-Factory on Qwen2.5-VL-7B)."""
+
+    learning_rate: float = 1e-5
+    """Peak learning rate."""
+    epochs: float = 2.0
+    """Passes over the data."""
+    lr_scheduler_type: str = "cosine"
+    """transformers scheduler name."""
+    warmup_ratio: float = 0.1
+    """Fraction of steps spent warming the learning rate up."""
+    batch_size: int = 8
+    """Sequences per device per step."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step."""
+    max_length: int = 4096
+    """Cutoff length in tokens (prompt + response)."""
+    freeze_vision: bool = True
+    """Keep the vision tower frozen (the paper does); a randomly initialised tower must train."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    bf16: bool | None = None
+    """Use bfloat16; None means: when a GPU supports it."""
+    gradient_checkpointing: bool = False
+    """Trade compute for memory on big models."""
+    logging_steps: int = 10
+    """Log (TensorBoard and console) every this many steps."""
+    save_steps: int = 500
+    """Checkpoint every this many steps (resume with --resume)."""
+    max_steps: int = -1
+    """Stop after this many steps (-1: run all epochs)."""
+    seed: int = 1
+    """Seed for data order, dropout and initialisation of anything new."""
+
+
+@dataclass
+class GRPOStageConfig:
+    """One GRPO stage (the paper's EasyR1 settings; stage 1 and stage 2 differ only in batch sizes and epochs)."""
+
+    stage: str = "reasoning"
+    """``perception`` (stage 1, easy samples) or ``reasoning`` (stage 2, medium samples)."""
+    num_generations: int = 8
+    """Group size G: rollouts per question."""
+    temperature: float = 1.2
+    """Rollout temperature."""
+    top_p: float = 0.99
+    """Rollout nucleus mass."""
+    max_completion_length: int = 2048
+    """Longest rollout in tokens."""
+    learning_rate: float = 1e-6
+    """AdamW learning rate (constant)."""
+    lr_scheduler_type: str = "constant"
+    """transformers scheduler name."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient-norm clip."""
+    beta: float = 0.01
+    """KL coefficient of the k3 ("low_var_kl") KL loss term against the stage's starting model."""
+    epsilon_low: float = 0.2
+    """Lower clip of the importance ratio (1 - eps)."""
+    epsilon_high: float = 0.3
+    """Upper clip of the importance ratio (1 + eps)."""
+    dual_clip: float | None = 3.0
+    """Dual-clip bound c: for negative advantages the ratio counts at most c (TRL's `delta`)."""
+    loss_type: str = "dapo"
+    """Token-mean over the update batch (TRL's ``dapo``: normalised by the batch's active tokens)."""
+    scale_rewards: str = "group"
+    """Advantage = (r - mean_group) / (std_group + eps), as the paper."""
+    rollout_batch_questions: int = 512
+    """Questions per rollout (generation) batch: 560 in stage 1, 512 in stage 2."""
+    update_batch_questions: int = 128
+    """Questions per optimizer update: 112 in stage 1, 128 in stage 2."""
+    micro_batch_size: int = 8
+    """Completions per device per forward/backward pass (memory knob; does not change the math)."""
+    epochs: float = 2.0
+    """Passes over the stage dataset: 1 in stage 1, 2 in stage 2."""
+    max_steps: int = -1
+    """Stop after this many optimizer steps (-1: run all epochs)."""
+    min_pixels: int = 576
+    """Smallest image area after resizing."""
+    max_pixels: int = 802_816
+    """Largest image area after resizing."""
+    freeze_vision: bool = False
+    """The paper trains the vision tower in both stages."""
+    use_vllm: bool = False
+    """Generate rollouts with vLLM inside training (GPUs)."""
+    vllm_mode: str = "colocate"
+    """``colocate`` (same GPUs) or ``server`` (a `trl vllm-serve` process)."""
+    vllm_gpu_memory_utilization: float = 0.3
+    """Share of GPU memory vLLM may take when colocated."""
+    bf16: bool | None = None
+    """Use bfloat16; None means: when a GPU supports it."""
+    gradient_checkpointing: bool = False
+    """Trade compute for memory on big models."""
+    clip_model_path: str | None = None
+    """CLIP-family model dir for the perception alignment reward (FG-CLIP large in the paper)."""
+    allow_remote_code: bool = False
+    """Let the alignment model run its own code (FG-CLIP needs it)."""
+    logging_steps: int = 1
+    """Log every this many optimizer steps."""
+    save_steps: int = 50
+    """Checkpoint every this many optimizer steps (resume with --resume)."""
+    seed: int = 1
+    """Seed for data order and sampling."""
+    reward_weights: dict[str, float] | None = None
+    """Override the stage's reward weights (default: the paper's composite for `stage`)."""
+
+
+@dataclass
+class EvalConfig:
+    """Held-out evaluation (the paper validates at temperature 0.5, n 1)."""
+
+    temperature: float = 0.0
+    """0 = greedy; the paper's validation uses 0.5."""
+    top_p: float = 1.0
+    """Nucleus mass when sampling."""
+    max_new_tokens: int = 1024
+    """Longest answer."""
+    batch_size: int = 16
+    """Prompts per generate call."""
+    seed: int = 1
+    """Sampling seed."""
+    limit: int | None = None
+    """Evaluate only the first N records."""
+
+
+STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "perception": {"stage": "perception", "rollout_batch_questions": 560, "update_batch_questions": 112, "epochs": 1.0},
+    "reasoning": {"stage": "reasoning", "rollout_batch_questions": 512, "update_batch_questions": 128, "epochs": 2.0},
+}
+"""What stage 1 and stage 2 change from the shared GRPO defaults (PAPER.md)."""
+
+
+def build(cls, values: dict[str, Any] | None = None, where: str = "config"):
+    """Instantiate a config dataclass from a mapping, refusing unknown keys with a clear message."""
+    values = dict(values or {})
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise PebrError(f"{where}: unknown setting(s) {unknown}; known: {sorted(known)}")
+    return cls(**values)
+
+
+def stage_config(stage: str, recipe: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None) -> Any:
+    """The config of a stage: paper defaults, then the recipe's section for the stage, then overrides."""
+    if stage == "warmup":
+        return build(WarmupConfig, {**(recipe or {}).get("warmup", {}), **(overrides or {})}, "warmup")
+    if stage not in STAGE_DEFAULTS:
+        raise PebrError(f"unknown stage {stage!r}; expected warmup, perception or reasoning")
+    values = {**STAGE_DEFAULTS[stage], **(recipe or {}).get(stage, {}), **(overrides or {})}
+    return build(GRPOStageConfig, values, stage)
+
+
+def load_recipe(path: Path | None) -> dict[str, Any]:
+    """A recipe YAML (pipelines/*.yaml) as a dict; {} for None."""
+    if path is None:
+        return {}
+    import yaml
+
+    if not Path(path).is_file():
+        raise PebrError(f"--recipe {path}: no such file")
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, dict):
+        raise PebrError(f"--recipe {path}: expected a mapping at the top level")
+    return data
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`key=value` pairs from the command line, values parsed as YAML scalars.
+
+    >>> parse_overrides(["learning_rate=2e-5", "freeze_vision=false", "clip_model_path=null"])
+    {'learning_rate': 2e-05, 'freeze_vision': False, 'clip_model_path': None}
+    """
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise PebrError(f"override {item!r}: expected key=value")
+        key, value = item.split("=", 1)
+        parsed = yaml.safe_load(value)
+        if isinstance(parsed, str):
+            try:
+                parsed = float(parsed) if any(c in parsed for c in ".eE") else parsed
+            except ValueError:
+                pass
+        out[key.strip()] = parsed
+    return out
+
+
+def as_dict(cfg) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+__all__ = ["EvalConfig", "GRPOStageConfig", "STAGE_DEFAULTS", "WarmupConfig", "as_dict", "build", "load_recipe",
+           "parse_overrides", "stage_config"]
