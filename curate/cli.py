@@ -231,6 +231,105 @@ def score(
                   f"({1 - total / report.rollouts_full:.0%} saved)")
 
 
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Option(help="Folder for train.jsonl, test.jsonl and images/.")],
+    n: Annotated[int, typer.Option(help="Samples in all (train + test).")] = 2000,
+    seed: Annotated[int, typer.Option(help="World seed; the same seed gives byte-identical files.")] = 0,
+    test_fraction: Annotated[float, typer.Option(help="Share of samples in test.jsonl.")] = 0.1,
+    image_size: Annotated[int, typer.Option(help="Image side in pixels.")] = 112,
+) -> None:
+    """Write the shapes world: images of simple objects with perception and reasoning questions.
+
+    Example: curate synth --out world --n 2000 --seed 0
+    """
+    from curate.synth import generate_world
+
+    with console().status(f"drawing {n:,} scenes"):
+        stats = generate_world(out, n=n, seed=seed, test_fraction=test_fraction, image_size=image_size)
+    console().print(f"{stats['n_train']:,} train + {stats['n_test']:,} test samples in [bold]{out}[/bold] "
+                    f"({stats['seconds']:.1f} s): " + ", ".join(f"{k} {v:,}" for k, v in stats["by_capability"].items()))
+
+
+def _quota(items: list[str]) -> dict[str, int]:
+    from curate.errors import PebrError
+
+    out = {}
+    for item in items:
+        source, _, count = item.rpartition("=")
+        if not source or not count.isdigit():
+            raise PebrError(f"--quota {item!r}: expected SOURCE=COUNT")
+        out[source] = int(count)
+    return out
+
+
+@app.command()
+def select(
+    stage: Annotated[str, typer.Option(help="perception (easy band) | reasoning (medium) | warmup (hard).")],
+    out: Annotated[Path, typer.Option(help="Output folder: train.parquet, manifest.json, and --format extras.")],
+    run: Annotated[Optional[str], typer.Option(help="Run whose rollouts define difficulty (default: the latest).")] = None,
+    source: Annotated[Optional[list[str]], typer.Option(help="Keep only this source (repeatable).")] = None,
+    capability: Annotated[Optional[list[str]], typer.Option(help="Keep only this capability (repeatable).")] = None,
+    coarse_fine_mix: Annotated[Optional[float], typer.Option(help="Share of perception_coarse among perception samples.")] = None,
+    quota: Annotated[Optional[list[str]], typer.Option(help="SOURCE=COUNT: most samples of a source (repeatable).")] = None,
+    cap: Annotated[Optional[int], typer.Option(help="Most samples in the stage.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of every random choice and of the row order.")] = 0,
+    dedup: Annotated[bool, typer.Option(help="One sample per identical problem + images.")] = False,
+    where: Annotated[Optional[str], typer.Option(help="Extra SQL condition over samples and difficulty columns.")] = None,
+    easy_min: Annotated[float, typer.Option(help="Easy when k >= easy_min * n.")] = 1.0,
+    hard_max: Annotated[float, typer.Option(help="Hard when k <= hard_max * n.")] = 0.0,
+    group_size: Annotated[int, typer.Option(help="GRPO group size, for the zero-advantage prediction.")] = 8,
+    fmt: Annotated[str, typer.Option("--format", help="parquet | easyr1 (+ reference JSON, images) | sharegpt (+ LLaMA-Factory).")] = "parquet",
+    force: Annotated[bool, typer.Option(help="Replace an existing stage dataset in --out.")] = False,
+    store: StoreOpt = Path("store"),
+) -> None:
+    """Write a stage dataset: the band the paper feeds to that stage, as Parquet for TRL plus a manifest.
+
+    Example: curate select --stage perception --out stages/perception --coarse-fine-mix 0.5 --seed 1
+    """
+    from curate.select import SelectOptions, select_stage
+
+    opts = SelectOptions(stage=stage, out=out, run=run, sources=source, capabilities=capability,
+                         coarse_fine_mix=coarse_fine_mix, quota=_quota(quota or []), cap=cap, seed=seed, dedup=dedup,
+                         where=where, easy_min=easy_min, hard_max=hard_max, group_size=group_size, format=fmt, force=force)
+    with console().status(f"selecting the {stage} stage"):
+        r = select_stage(_store(store), opts)
+    err = console()
+    z = r.zero_advantage.get("predicted")
+    err.print(f"{stage}: {r.rows:,} samples ({r.band} band of run {r.run_id}: {r.band_total:,}) -> [bold]{r.out}[/bold]")
+    err.print("  by capability: " + ", ".join(f"{k} {v:,}" for k, v in r.by_capability.items()), highlight=False)
+    if z is not None:
+        err.print(f"  predicted zero-advantage groups at G={group_size}: {z:.2f} ({r.zero_advantage['predicted_basis']})",
+                  highlight=False, soft_wrap=True)
+    if r.skipped_no_response:
+        err.print(f"[yellow]  {r.skipped_no_response} sample(s) without a gold response left out of {fmt}[/yellow]")
+
+
+@app.command()
+def report(
+    out: Annotated[Optional[Path], typer.Option(help="Also write PNG plots, report.json and index.html here.")] = None,
+    run: Annotated[Optional[str], typer.Option(help="Run to report on (default: the latest).")] = None,
+    group_size: Annotated[int, typer.Option(help="GRPO group size for the zero-advantage prediction.")] = 8,
+    easy_min: Annotated[float, typer.Option(help="Easy when k >= easy_min * n.")] = 1.0,
+    hard_max: Annotated[float, typer.Option(help="Hard when k <= hard_max * n.")] = 0.0,
+    store: StoreOpt = Path("store"),
+) -> None:
+    """Band counts, pass-rate histograms and predicted zero-advantage fractions per source and capability.
+
+    Example: curate report --out reports/ (then open reports/index.html)
+    """
+    from curate.report import build_report, collect, render_report
+
+    s = _store(store)
+    if out is None:
+        data = collect(s, run, group_size, easy_min, hard_max)
+    else:
+        data = build_report(s, out, run, group_size, easy_min, hard_max)
+    render_report(data, console())
+    if out is not None:
+        console().print(f"plots and page in [bold]{out}[/bold] (index.html)")
+
+
 def main() -> None:
     run_app(app)
 

@@ -45,3 +45,59 @@ SELECT run_id, sample_id, n, k, k / n AS pass_rate, band(k, n) AS band,
   {", ".join(f"mean_{c}, std_{c}" for c in REWARD_COLUMNS)},
   mean_tokens, p_degenerate(k, n, {DEFAULT_GROUP_SIZE}) AS p_degenerate
 FROM agg"""
+
+STAGE_BANDS = {"perception": "easy", "reasoning": "medium", "warmup": "hard"}
+"""The paper's dataset-level sampling: which band feeds which training stage."""
+
+ROLLOUT_RUN_KINDS = ("score", "import", "regrade")
+"""Run kinds whose rollouts define a difficulty; the latest of them is the default run."""
+
+
+def check_thresholds(easy_min: float, hard_max: float) -> None:
+    """Bands must not overlap: a sample cannot be both easy and hard."""
+    from curate.errors import PebrError
+
+    if not (0.0 <= hard_max < easy_min <= 1.0):
+        raise PebrError(f"band thresholds need 0 <= hard_max < easy_min <= 1 (got hard_max={hard_max}, easy_min={easy_min})")
+
+
+def resolve_run(con, run: str | None = None) -> str:
+    """The run whose rollouts define difficulty: `run` when given (checked), else the latest one.
+
+    "Latest" is the newest run of kind score / import / regrade that has at least one rollout
+    matched to a sample, so an ingest or an import of an unrelated dump never hides the real one.
+    """
+    from curate.errors import PebrError
+
+    kinds = ", ".join(f"'{k}'" for k in ROLLOUT_RUN_KINDS)
+    if run is not None:
+        rows = con.execute("SELECT kind FROM runs WHERE run_id = ?", [run]).fetchall()
+        if not rows:
+            raise PebrError(f"no run {run!r} in the store (list them: curate sql \"select run_id, kind, created_at from runs\")")
+        if not con.execute("SELECT 1 FROM rollouts WHERE run_id = ? AND sample_id IS NOT NULL LIMIT 1", [run]).fetchall():
+            raise PebrError(f"run {run!r} ({rows[0][0]}) has no rollouts matched to samples")
+        return run
+    rows = con.execute(
+        f"SELECT r.run_id FROM runs r WHERE r.kind IN ({kinds}) AND EXISTS "
+        "(SELECT 1 FROM rollouts o WHERE o.run_id = r.run_id AND o.sample_id IS NOT NULL) "
+        "ORDER BY r.created_at DESC, r.run_id DESC LIMIT 1"
+    ).fetchall()
+    if not rows:
+        raise PebrError("the store has no rollouts yet: run `curate score` or `curate import-rollouts` first")
+    return rows[0][0]
+
+
+def difficulty_query(run_id: str, *, easy_min: float = 1.0, hard_max: float = 0.0,
+                     group_size: int = DEFAULT_GROUP_SIZE) -> str:
+    """SELECT over the `difficulty` view for one run, with the band and p_degenerate recomputed
+    for the given thresholds and group size (the view itself uses the paper's defaults)."""
+    check_thresholds(easy_min, hard_max)
+    if group_size < 1:
+        from curate.errors import PebrError
+
+        raise PebrError(f"group size must be at least 1 (got {group_size})")
+    rid = run_id.replace("'", "''")
+    return (
+        f"SELECT * REPLACE (band(k, n, easy_min := {float(easy_min)!r}, hard_max := {float(hard_max)!r}) AS band, "
+        f"p_degenerate(k, n, {int(group_size)}) AS p_degenerate) FROM difficulty WHERE run_id = '{rid}'"
+    )

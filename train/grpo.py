@@ -88,17 +88,9 @@ def _vision_token_ids(processor) -> list[int]:
 
 
 def predicted_zero_adv(manifest: dict | None) -> float | None:
-    if not manifest:
-        return None
-    for key in ("predicted_zero_adv", "predicted_zero_advantage", "predicted_zero_adv_fraction"):
-        if isinstance(manifest.get(key), (int, float)):
-            return float(manifest[key])
-        if isinstance(manifest.get(key), dict):
-            inner = manifest[key]
-            for k in ("stage", "value", "fraction", "accuracy"):
-                if isinstance(inner.get(k), (int, float)):
-                    return float(inner[k])
-    return None
+    """The zero-advantage fraction a stage dataset's manifest predicts (None without a manifest)."""
+    value = ((manifest or {}).get("zero_advantage") or {}).get("predicted")
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def run_stage(model_dir: Path, data: Path, out: Path, cfg: GRPOStageConfig, image_root: Path | None = None,

@@ -1,0 +1,375 @@
+"""`curate select`: the paper's dataset-level sampling, as a reproducible stage dataset.
+
+perception <- easy, reasoning <- medium, warmup <- hard; by default every sample of the band, as
+the reference does. Options narrow the band (sources, capabilities, SQL), balance it (coarse/fine
+mix, per-source quotas, a cap, dedup) with a seeded order, and the manifest records what was done.
+DuckDB does the selection; the export streams it (curate.export).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from curate.difficulty import DEFAULT_GROUP_SIZE, STAGE_BANDS, difficulty_query, resolve_run
+from curate.errors import PebrError
+from curate.export import (BATCH_ROWS, STAGE_SCHEMA, gold_response_sql, llamafactory_dataset_info,
+                           sha256_file, write_json_records, write_parquet)
+from curate.store import Store, code_version
+from rewards.prompt import PROMPT_TEMPLATE
+from schemas.tables import REWARD_COLUMNS
+
+FORMATS = ("parquet", "easyr1", "sharegpt")
+PARQUET_NAME = "train.parquet"
+MANIFEST_NAME = "manifest.json"
+PERCEPTION_CAPS = ("perception_coarse", "perception_fine")
+
+
+@dataclass
+class SelectOptions:
+    """What `curate select` was asked to do. Defaults reproduce the paper's split."""
+
+    stage: str
+    """perception (easy band) | reasoning (medium band) | warmup (hard band)."""
+    out: Path
+    """Output folder; gets train.parquet, manifest.json and the --format extras."""
+    run: str | None = None
+    """Run whose rollouts define difficulty (default: the latest score/import/regrade run with rollouts)."""
+    sources: list[str] | None = None
+    """Keep only these sources (default: all)."""
+    capabilities: list[str] | None = None
+    """Keep only these capabilities (perception_coarse, perception_fine, reasoning; default: all)."""
+    coarse_fine_mix: float | None = None
+    """Fraction of perception_coarse among the perception_* samples kept; the larger side is
+    subsampled (seeded) to reach it. Samples of other capabilities are not affected. None: keep all."""
+    quota: dict[str, int] = field(default_factory=dict)
+    """Most samples to keep per source (seeded choice); sources not named are unlimited."""
+    cap: int | None = None
+    """Most samples in the whole stage, applied last (seeded choice)."""
+    seed: int = 0
+    """Seed of the order: every random choice and the row order of the output derive from it."""
+    dedup: bool = False
+    """Keep one sample per identical problem text + image content (images are content-addressed)."""
+    where: str | None = None
+    """Extra SQL condition over samples and difficulty columns, e.g. "n >= 8 AND source <> 'geoqa'"."""
+    easy_min: float = 1.0
+    """A sample is easy when k >= easy_min * n (paper: 1.0, all rollouts correct)."""
+    hard_max: float = 0.0
+    """A sample is hard when k <= hard_max * n (paper: 0.0, no rollout correct)."""
+    group_size: int = DEFAULT_GROUP_SIZE
+    """GRPO group size of the stage, for the predicted zero-advantage fraction."""
+    format: str = "parquet"
+    """parquet (always written) | easyr1 (+ reference JSON and images) | sharegpt (+ LLaMA-Factory SFT JSON)."""
+    template: str = PROMPT_TEMPLATE
+    """Prompt template ({problem} is replaced) for the chat `prompt` column."""
+    force: bool = False
+    """Replace an existing stage dataset in `out`."""
+
+
+@dataclass
+class SelectReport:
+    """What a selection produced."""
+
+    out: Path
+    stage: str
+    band: str
+    run_id: str
+    rows: int
+    band_total: int
+    """Samples of the band in the run before any option narrowed them."""
+    by_source: dict[str, int]
+    by_capability: dict[str, int]
+    zero_advantage: dict
+    files: dict[str, str]
+    """File name (relative to out) -> sha256."""
+    steps: dict[str, int] = field(default_factory=dict)
+    """Rows left after each selection step, in order."""
+    manifest: Path | None = None
+    skipped_no_response: int = 0
+
+
+def _check(opts: SelectOptions) -> str:
+    if opts.stage not in STAGE_BANDS:
+        raise PebrError(f"unknown stage {opts.stage!r}; choose one of {', '.join(STAGE_BANDS)}")
+    if opts.format not in FORMATS:
+        raise PebrError(f"unknown format {opts.format!r}; choose one of {', '.join(FORMATS)}")
+    if opts.coarse_fine_mix is not None and not 0.0 <= opts.coarse_fine_mix <= 1.0:
+        raise PebrError(f"coarse_fine_mix must be within [0, 1] (got {opts.coarse_fine_mix})")
+    if opts.cap is not None and opts.cap < 0:
+        raise PebrError(f"cap must be >= 0 (got {opts.cap})")
+    for src, q in opts.quota.items():
+        if q < 0:
+            raise PebrError(f"quota for {src!r} must be >= 0 (got {q})")
+    if "{problem}" not in opts.template:
+        raise PebrError("the prompt template must contain {problem}")
+    if opts.where is not None:
+        import duckdb
+
+        try:
+            statements = duckdb.extract_statements(f"SELECT 1 WHERE ({opts.where})")
+        except duckdb.Error as exc:
+            raise PebrError(f"--where does not parse: {str(exc).splitlines()[0]}") from None
+        if len(statements) != 1:
+            raise PebrError("--where must be a single SQL condition")
+    return STAGE_BANDS[opts.stage]
+
+
+def _in_list(values: list[str]) -> str:
+    return "(" + ", ".join("'" + v.replace("'", "''") + "'" for v in values) + ")"
+
+
+def mix_targets(coarse: int, fine: int, mix: float) -> tuple[int, int]:
+    """Largest (coarse, fine) counts available with coarse / (coarse + fine) as close to `mix`.
+
+    >>> mix_targets(100, 30, 0.5), mix_targets(10, 30, 0.5), mix_targets(10, 30, 1.0)
+    ((30, 30), (10, 10), (10, 0))
+    """
+    if mix >= 1.0:
+        return coarse, 0
+    if mix <= 0.0:
+        return 0, fine
+    total = min(coarse / mix, fine / (1.0 - mix))
+    return min(coarse, math.floor(total * mix + 0.5)), min(fine, math.floor(total * (1.0 - mix) + 0.5))
+
+
+def _selection(con, opts: SelectOptions, band: str, run_id: str) -> dict[str, int]:
+    """Build TEMP TABLE picked(sample_id, rank_key) step by step; returns rows left after each step."""
+    diff = difficulty_query(run_id, easy_min=opts.easy_min, hard_max=opts.hard_max, group_size=opts.group_size)
+    # Materialised once: a few columns per sample, while the view re-aggregates every rollout.
+    con.execute(f"CREATE OR REPLACE TEMP TABLE d AS {diff}")
+    steps: dict[str, int] = {}
+    conds = [f"d.band = '{band}'"]
+    steps["band"] = con.execute(f"SELECT count(*) FROM samples s JOIN d USING (sample_id) WHERE {conds[0]}").fetchall()[0][0]
+    if opts.sources:
+        conds.append(f"s.source IN {_in_list(opts.sources)}")
+    if opts.capabilities:
+        conds.append(f"s.capability IN {_in_list(opts.capabilities)}")
+    if opts.where:
+        conds.append(f"({opts.where})")
+    seed = str(int(opts.seed))
+    dedup = ""
+    if opts.dedup:
+        dedup = ("QUALIFY row_number() OVER (PARTITION BY md5(s.problem || chr(0) || array_to_string(s.images, chr(1))) "
+                 "ORDER BY rank_key) = 1")
+    import duckdb
+
+    try:
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE cand AS
+            SELECT s.sample_id, s.source, s.capability, md5('{seed}:' || s.sample_id) AS rank_key
+            FROM samples s JOIN d USING (sample_id) WHERE {' AND '.join(conds)} {dedup}""")
+    except duckdb.Error as exc:
+        raise PebrError(f"selection failed: {str(exc).splitlines()[0]}") from None
+    steps["filters"] = con.execute("SELECT count(*) FROM cand").fetchall()[0][0]
+    if opts.dedup:
+        steps["dedup"] = steps.pop("filters")
+
+    query = "SELECT * FROM cand"
+    if opts.coarse_fine_mix is not None:
+        counts = dict(con.execute("SELECT capability, count(*) FROM cand WHERE capability IN "
+                                  f"{_in_list(list(PERCEPTION_CAPS))} GROUP BY 1").fetchall())
+        c, f = mix_targets(counts.get(PERCEPTION_CAPS[0], 0), counts.get(PERCEPTION_CAPS[1], 0), opts.coarse_fine_mix)
+        query = (f"SELECT * FROM ({query}) QUALIFY row_number() OVER (PARTITION BY capability ORDER BY rank_key) <= "
+                 f"CASE capability WHEN '{PERCEPTION_CAPS[0]}' THEN {c} WHEN '{PERCEPTION_CAPS[1]}' THEN {f} ELSE 9e18 END")
+        steps["coarse_fine_mix"] = con.execute(f"SELECT count(*) FROM ({query})").fetchall()[0][0]
+    if opts.quota:
+        cases = " ".join(f"WHEN '{s.replace(chr(39), chr(39) * 2)}' THEN {int(q)}" for s, q in sorted(opts.quota.items()))
+        query = (f"SELECT * FROM ({query}) QUALIFY row_number() OVER (PARTITION BY source ORDER BY rank_key) <= "
+                 f"CASE source {cases} ELSE 9e18 END")
+        steps["quota"] = con.execute(f"SELECT count(*) FROM ({query})").fetchall()[0][0]
+    # An integer ordinal: the export sorts wide rows by it, cheaper than by the md5 text.
+    query = f"SELECT sample_id, rank_key, row_number() OVER (ORDER BY rank_key) AS ord FROM ({query}) ORDER BY rank_key"
+    if opts.cap is not None:
+        query += f" LIMIT {int(opts.cap)}"
+    con.execute(f"CREATE OR REPLACE TEMP TABLE picked AS {query}")
+    if opts.cap is not None:
+        steps["cap"] = con.execute("SELECT count(*) FROM picked").fetchall()[0][0]
+    return steps
+
+
+def _export_sql() -> str:
+    """The stage rows in STAGE_SCHEMA's columns but `prompt` (images still as store paths), in seeded order."""
+    cols = {
+        "images": "s.images",
+        "answer": "s.answer",
+        "key_words": "s.key_words",
+        "sample_id": "s.sample_id",
+        "source": "s.source",
+        "capability": "s.capability",
+        "qid": "s.qid",
+        "problem": "s.problem",
+        "response": gold_response_sql("s.extra"),
+        "n": "d.n",
+        "k": "d.k",
+        "pass_rate": "d.pass_rate",
+        "band": "d.band",
+        "p_degenerate": "d.p_degenerate",
+    }
+    assert ["prompt", *cols] == STAGE_SCHEMA.names
+    select = ", ".join(f"{expr} AS {name}" for name, expr in cols.items())
+    return f"SELECT {select} FROM picked p JOIN samples s USING (sample_id) JOIN d USING (sample_id) ORDER BY p.ord"
+
+
+def _perception_zero_std(con, run_id: str) -> float | None:
+    """Share of picked samples whose sampling rollouts all got the same stage-1 reward (without clip).
+
+    None when the run did not grade the perception components (imported dumps carry accuracy only).
+    """
+    from rewards import RewardConfig, stage_weights
+
+    weights = {k: w for k, w in stage_weights("perception", RewardConfig()).items() if w}
+    expr = " + ".join(f"{w!r} * coalesce(r.{name}, 0)" for name, w in weights.items())
+    graded = " AND ".join(f"count(r.{name}) > 0" for name in weights)
+    row = con.execute(
+        f"SELECT avg(CASE WHEN spread < 1e-9 THEN 1.0 ELSE 0.0 END) FROM ("
+        f"  SELECT max({expr}) - min({expr}) AS spread FROM rollouts r JOIN picked p USING (sample_id)"
+        f"  WHERE r.run_id = ? GROUP BY r.sample_id HAVING {graded})", [run_id]).fetchall()
+    return row[0][0] if row else None
+
+
+def _zero_advantage(con, group_size: int, stage: str, run_id: str) -> dict:
+    stds = ", ".join(
+        f"avg(CASE WHEN d.std_{c} = 0 THEN 1.0 ELSE 0.0 END) FILTER (WHERE d.std_{c} IS NOT NULL) AS {c}" for c in REWARD_COLUMNS
+    )
+    row = con.execute(
+        f"SELECT avg(d.p_degenerate), avg(pow(d.pass_rate, {group_size}) + pow(1 - d.pass_rate, {group_size})), {stds} "
+        "FROM picked p JOIN d USING (sample_id)"
+    ).fetchall()[0]
+    observed = {c: v for c, v in zip(REWARD_COLUMNS, row[2:]) if v is not None}
+    note = ("accuracy_predicted: mean over the stage of P(all G accuracies equal) = E[p^G + (1-p)^G] under the "
+            "Beta(k+1, n-k+1) posterior of each sample's pass rate; accuracy_point_estimate uses p = k/n. "
+            "observed_zero_std: per reward the sampling run graded, the fraction of samples whose n rollouts "
+            "all got the same value.")
+    if stage == "perception":
+        predicted = _perception_zero_std(con, run_id)
+        basis = ("perception reward (keyword, format, length; clip left out) of the sampling rollouts: share of "
+                 "samples whose rollouts all scored the same; with an alignment model in training it is lower still")
+        note += (" Stage 1 trains on the continuous perception reward (clip, keyword, format, length), so the "
+                 "accuracy prediction is an upper bound there, not the fraction training will see.")
+    else:
+        predicted = row[0]
+        basis = ("accuracy under the pass-rate posterior (an upper bound: the stage reward also varies with format)"
+                 if stage == "reasoning" else "accuracy under the pass-rate posterior")
+    return {"group_size": group_size, "predicted": predicted, "predicted_basis": basis, "accuracy_predicted": row[0],
+            "accuracy_point_estimate": row[1], "observed_zero_std": observed, "note": note}
+
+
+def _rule(opts: SelectOptions, band: str) -> str:
+    rule = {"easy": f"k >= {opts.easy_min:g} * n", "medium": f"{opts.hard_max:g} * n < k < {opts.easy_min:g} * n",
+            "hard": f"k <= {opts.hard_max:g} * n"}[band]
+    parts = [f"stage {opts.stage} <- band {band} ({rule})"]
+    if opts.sources:
+        parts.append(f"sources {sorted(opts.sources)}")
+    if opts.capabilities:
+        parts.append(f"capabilities {sorted(opts.capabilities)}")
+    if opts.where:
+        parts.append(f"where {opts.where}")
+    if opts.dedup:
+        parts.append("one sample per problem + images")
+    if opts.coarse_fine_mix is not None:
+        parts.append(f"perception_coarse fraction {opts.coarse_fine_mix:g}")
+    if opts.quota:
+        parts.append(f"per-source quota {dict(sorted(opts.quota.items()))}")
+    if opts.cap is not None:
+        parts.append(f"cap {opts.cap}")
+    if len(parts) == 1:
+        parts.append("every sample of the band")
+    return "; ".join(parts) + f"; order md5('{opts.seed}:' || sample_id)"
+
+
+def _prepare_out(out: Path, force: bool) -> None:
+    if (out / MANIFEST_NAME).exists() or (out / PARQUET_NAME).exists():
+        if not force:
+            raise PebrError(f"{out} already holds a stage dataset; pass --force to replace it")
+        for name in (MANIFEST_NAME, PARQUET_NAME):
+            (out / name).unlink(missing_ok=True)
+        for sub in ("easyr1", "sharegpt"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def select_stage(store: Store, opts: SelectOptions) -> SelectReport:
+    """Select one stage's samples from the store and write them to `opts.out` (see SelectOptions)."""
+    band = _check(opts)
+    store.require()
+    out = Path(opts.out).absolute()
+    con = store.connect()
+    try:
+        run_id = resolve_run(con, opts.run)
+        steps = _selection(con, opts, band, run_id)
+        _prepare_out(out, opts.force)
+        files: dict[str, str] = {}
+        rows = write_parquet(_batches(con, _export_sql()), out / PARQUET_NAME, store.root, opts.template)
+        files[PARQUET_NAME] = sha256_file(out / PARQUET_NAME)
+        skipped = 0
+        if opts.format != "parquet":
+            name = f"{opts.format}/{'train' if opts.format == 'easyr1' else opts.stage}.json"
+            (out / opts.format).mkdir(parents=True, exist_ok=True)
+            _, skipped = write_json_records(_batches(con, _export_sql()), out / name, opts.format,
+                                            store.root, opts.template)
+            files[name] = sha256_file(out / name)
+            if opts.format == "sharegpt":
+                info = out / "sharegpt" / "dataset_info.json"
+                info.write_text(json.dumps(llamafactory_dataset_info(f"pebr_{opts.stage}", f"{opts.stage}.json"), indent=2) + "\n")
+                files["sharegpt/dataset_info.json"] = sha256_file(info)
+        counts = con.execute("SELECT s.source, s.capability, count(*) FROM picked JOIN samples s USING (sample_id) "
+                             "GROUP BY ALL ORDER BY ALL").fetchall()
+        by_source: dict[str, int] = {}
+        by_cap: dict[str, int] = {}
+        for src, cap, n in counts:
+            by_source[src] = by_source.get(src, 0) + n
+            by_cap[cap or "unknown"] = by_cap.get(cap or "unknown", 0) + n
+        zero = _zero_advantage(con, opts.group_size, opts.stage, run_id)
+        cur = con.execute("SELECT * REPLACE (strftime(created_at, '%Y-%m-%dT%H:%M:%S%z') AS created_at) FROM runs WHERE run_id = ?", [run_id])
+        run_row = dict(zip([c[0] for c in cur.description], cur.fetchall()[0]))
+    finally:
+        con.close()
+    report = SelectReport(out=out, stage=opts.stage, band=band, run_id=run_id, rows=rows, band_total=steps["band"],
+                          by_source=by_source, by_capability=by_cap, zero_advantage=zero, files=files, steps=steps,
+                          skipped_no_response=skipped)
+    report.manifest = _write_manifest(store, opts, report, run_row)
+    return report
+
+
+def _batches(con, query: str):
+    yield from con.sql(query).to_arrow_reader(BATCH_ROWS)
+
+
+def _maybe_json(value):
+    try:
+        return json.loads(value) if isinstance(value, str) else value
+    except ValueError:
+        return value
+
+
+def _write_manifest(store: Store, opts: SelectOptions, r: SelectReport, run_row: dict) -> Path:
+    options = asdict(opts)
+    options["out"] = str(r.out)
+    manifest = {
+        "stage": r.stage,
+        "band": r.band,
+        "rule": _rule(opts, r.band),
+        "rows": r.rows,
+        "counts": {"by_source": r.by_source, "by_capability": r.by_capability,
+                   "by_source_band": {s: {r.band: n} for s, n in r.by_source.items()}, "by_band": {r.band: r.rows},
+                   "band_total_in_run": r.band_total, "after_step": r.steps},
+        "zero_advantage": r.zero_advantage,
+        "run": {k: (_maybe_json(v) if k in ("config", "sampling") else v) for k, v in run_row.items()},
+        "model": run_row.get("model"),
+        "store": str(store.root),
+        "options": options,
+        "files": {name: {"sha256": digest} for name, digest in r.files.items()},
+        "skipped_no_response": r.skipped_no_response,
+        "schema": {f.name: str(f.type) for f in STAGE_SCHEMA},
+        "load_with": f"datasets.load_dataset('parquet', data_files='{r.out / PARQUET_NAME}', split='train')",
+        "pebr_version": code_version(),
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    path = r.out / MANIFEST_NAME
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n")
+    tmp.replace(path)
+    return path

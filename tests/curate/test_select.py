@@ -1,0 +1,254 @@
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import make_image, record, write_jsonl
+
+from curate.errors import PebrError
+from curate.export import prompt_column
+from curate.importer import import_rollouts
+from curate.ingest import IngestOptions, ingest
+from curate.select import SelectOptions, mix_targets, select_stage
+from curate.store import Store
+from rewards.prompt import PROMPT_TEMPLATE, build_messages
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def build_store(tmp_path: Path, specs: list[dict], extra_records: dict | None = None) -> Store:
+    """specs: dicts with qid, k, n and optional source, capability, problem, image, response."""
+    root = tmp_path / "imgs"
+    colors = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30)]
+    for i, c in enumerate(colors):
+        make_image(root / f"img{i}.png", color=c)
+    rows, dump = [], []
+    for sp in specs:
+        extra = {k: sp[k] for k in ("source", "capability", "response") if k in sp}
+        rows.append(record(sp["qid"], problem=sp.get("problem", f"Question {sp['qid']}: how many in <image>?"),
+                           answer=sp.get("answer", "3"), images=[f"img{sp.get('image', 0)}.png"], **extra))
+        for i in range(sp["n"]):
+            dump.append({"qid": sp["qid"], "response": f"r{i}", "ground_truth": "3", "score": {"accuracy": float(i < sp["k"])}})
+    s = Store(tmp_path / "store")
+    ingest(s, IngestOptions(path=write_jsonl(tmp_path / "data.jsonl", rows), image_root=root, source="toy"))
+    import_rollouts(s, write_jsonl(tmp_path / "rollout_results.jsonl", dump))
+    return s
+
+
+def _ids(path: Path) -> list[str]:
+    return pq.read_table(path, columns=["sample_id"]).column("sample_id").to_pylist()
+
+
+def _beta_pdeg(k: int, n: int, g: int) -> float:
+    def moment(a, b):
+        return math.exp(math.lgamma(a + g) - math.lgamma(a) + math.lgamma(a + b) - math.lgamma(a + b + g))
+
+    return moment(k + 1, n - k + 1) + moment(n - k + 1, k + 1)
+
+
+def test_bands_for_every_k_at_n8(tmp_path):
+    store = build_store(tmp_path, [{"qid": f"q{k}", "k": k, "n": 8} for k in range(9)])
+    expected = {"perception": ["q8"], "reasoning": [f"q{k}" for k in range(1, 8)], "warmup": ["q0"]}
+    for stage, qids in expected.items():
+        r = select_stage(store, SelectOptions(stage=stage, out=tmp_path / stage, group_size=4))
+        t = pq.read_table(r.out / "train.parquet")
+        assert sorted(t.column("qid").to_pylist()) == qids
+        assert r.rows == len(qids) == r.band_total
+        for row in t.select(["k", "n", "p_degenerate", "pass_rate"]).to_pylist():
+            assert row["p_degenerate"] == pytest.approx(_beta_pdeg(row["k"], row["n"], 4))
+            assert row["pass_rate"] == row["k"] / row["n"]
+        # Posterior, not point estimate: an 8/8 sample is not certain to give a degenerate group.
+        assert 0.5 < t.column("p_degenerate")[0].as_py() < 1.0 if stage != "reasoning" else True
+
+
+def test_bands_with_mixed_n_and_thresholds(tmp_path):
+    specs = [{"qid": "a", "k": 1, "n": 1}, {"qid": "b", "k": 0, "n": 1}, {"qid": "c", "k": 3, "n": 4},
+             {"qid": "d", "k": 2, "n": 3}, {"qid": "e", "k": 16, "n": 16}, {"qid": "f", "k": 1, "n": 16}]
+    store = build_store(tmp_path, specs)
+    con = store.connect()
+    assert dict(con.execute("select s.qid, d.band from difficulty d join samples s using (sample_id)").fetchall()) == {
+        "a": "easy", "b": "hard", "c": "medium", "d": "medium", "e": "easy", "f": "medium"}
+    got = {}
+    for stage in ("perception", "reasoning", "warmup"):
+        r = select_stage(store, SelectOptions(stage=stage, out=tmp_path / stage, easy_min=0.75, hard_max=0.1))
+        got[stage] = sorted(pq.read_table(r.out / "train.parquet").column("qid").to_pylist())
+    assert got == {"perception": ["a", "c", "e"], "reasoning": ["d"], "warmup": ["b", "f"]}
+    with pytest.raises(PebrError, match="hard_max < easy_min"):
+        select_stage(store, SelectOptions(stage="warmup", out=tmp_path / "x", easy_min=0.5, hard_max=0.5))
+
+
+@pytest.fixture
+def mixed(tmp_path):
+    specs = []
+    for i in range(30):
+        specs.append({"qid": f"a{i}", "source": "alpha", "capability": "perception_coarse", "k": 8, "n": 8})
+    for i in range(10):
+        specs.append({"qid": f"b{i}", "source": "beta", "capability": "perception_fine", "k": 8, "n": 8})
+    for i in range(6):
+        # c0..c3 ask the same question of two images (answers differ, so ingest keeps all four).
+        specs.append({"qid": f"c{i}", "source": "beta", "capability": "reasoning", "k": 8, "n": 8, "image": 1 + i // 2,
+                      "answer": str(i),
+                      "problem": "Same question <image>" if i < 4 else f"Other {i} <image>"})
+    return build_store(tmp_path, specs)
+
+
+def test_quotas_cap_and_seeds(tmp_path, mixed):
+    base = select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "all"))
+    assert base.rows == 46 and base.by_source == {"alpha": 30, "beta": 16}
+
+    r1 = select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "q1", quota={"alpha": 5}, seed=1))
+    assert r1.by_source == {"alpha": 5, "beta": 16}
+    r1b = select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "q1b", quota={"alpha": 5}, seed=1))
+    r2 = select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "q2", quota={"alpha": 5}, seed=2))
+    assert r1.files["train.parquet"] == r1b.files["train.parquet"]  # byte-identical rerun
+    assert _ids(r1.out / "train.parquet") == _ids(r1b.out / "train.parquet")
+    assert set(_ids(r1.out / "train.parquet")) != set(_ids(r2.out / "train.parquet"))
+    # The seed orders rows: the output is not in sample_id order, and a cap keeps a prefix of it.
+    ids = _ids(base.out / "train.parquet")
+    capped = select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "cap", cap=7))
+    assert _ids(capped.out / "train.parquet") == ids[:7] and capped.steps["cap"] == 7
+    assert ids != sorted(ids)
+    assert select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "z", quota={"beta": 0})).by_source == {"alpha": 30}
+
+
+def test_filters_mix_dedup_and_where(tmp_path, mixed):
+    r = select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "mix", coarse_fine_mix=0.5,
+                                          capabilities=["perception_coarse", "perception_fine"]))
+    assert r.by_capability == {"perception_coarse": 10, "perception_fine": 10}
+    r = select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "dd", sources=["beta"], dedup=True))
+    assert r.by_capability == {"perception_fine": 10, "reasoning": 4} and r.steps["dedup"] == 14
+    r = select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "w", where="qid LIKE 'b%' AND n = 8"))
+    assert r.rows == 10
+    with pytest.raises(PebrError, match="single SQL condition"):
+        select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "bad", where="1=1); DROP VIEW samples; SELECT (1"))
+    with pytest.raises(PebrError, match="selection failed"):
+        select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "bad", where="nope > 1"))
+    with pytest.raises(PebrError, match="already holds"):
+        select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "w"))
+    assert mix_targets(3, 100, 0.25) == (3, 9)
+
+
+PROMPT_CASES = [
+    ("How many <image> circles?", 1), ("<image>", 1), ("no mark at all", 2), ("<image><image> two", 2),
+    ("x <image> y <image>", 1), ("end <image>", 3), ("it's {odd} 'quoted' <image>", 1), ("", 1), ("", 0), ("a<image>b", 0),
+]
+
+
+@pytest.mark.parametrize("template", [PROMPT_TEMPLATE, "{problem}", "<image> first {problem} then"])
+def test_prompt_column_matches_build_messages(template):
+    import numpy as np
+    import pyarrow as pa
+
+    col = prompt_column(pa.array([p for p, _ in PROMPT_CASES]), np.array([n for _, n in PROMPT_CASES]), template)
+    for (problem, n_images), got in zip(PROMPT_CASES, col.to_pylist(), strict=True):
+        got = [{"role": m["role"], "content": [{k: v for k, v in part.items() if v is not None} for part in m["content"]]} for m in got]
+        assert got == build_messages(problem, n_images, template)
+    # A slice (as a record batch hands over) gives the same rows.
+    sliced = prompt_column(pa.array([p for p, _ in PROMPT_CASES]).slice(3), np.array([n for _, n in PROMPT_CASES][3:]), template)
+    assert sliced.to_pylist() == col.to_pylist()[3:]
+
+
+def test_manifest_and_datasets_load(tmp_path, mixed):
+    datasets = pytest.importorskip("datasets")
+    r = select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "p", quota={"alpha": 4}, group_size=8))
+    manifest = json.loads((r.out / "manifest.json").read_text())
+    ds = datasets.load_dataset("parquet", data_files=str(r.out / "train.parquet"), split="train")
+    assert len(ds) == manifest["rows"] == 20
+    by_source = {}
+    for src in ds["source"]:
+        by_source[src] = by_source.get(src, 0) + 1
+    assert manifest["counts"]["by_source"] == by_source == {"alpha": 4, "beta": 16}
+    assert manifest["counts"]["by_band"] == {"easy": 20}
+    assert manifest["run"]["run_id"] == r.run_id and manifest["run"]["kind"] == "import"
+    from curate.export import sha256_file
+
+    assert manifest["files"]["train.parquet"]["sha256"] == sha256_file(r.out / "train.parquet")
+    assert manifest["zero_advantage"]["accuracy_predicted"] == pytest.approx(_beta_pdeg(8, 8, 8))
+    assert manifest["zero_advantage"]["accuracy_point_estimate"] == pytest.approx(1.0)
+    assert manifest["zero_advantage"]["observed_zero_std"]["accuracy"] == 1.0
+    row = ds[0]
+    from PIL import Image
+
+    assert isinstance(row["images"][0], Image.Image) and row["images"][0].size == (64, 64)
+    assert row["prompt"][0]["role"] == "user"
+    assert [p["type"] for p in row["prompt"][0]["content"]].count("image") == 1
+    assert row["answer"] == "3" and row["band"] == "easy" and row["key_words"] == ["circle"]
+
+
+def test_easyr1_and_sharegpt_formats(tmp_path):
+    specs = [{"qid": "h1", "k": 0, "n": 8, "response": "### The final answer is: 3"}, {"qid": "h2", "k": 0, "n": 8, "image": 2},
+             {"qid": "m1", "k": 4, "n": 8}]
+    store = build_store(tmp_path, specs)
+    r = select_stage(store, SelectOptions(stage="warmup", out=tmp_path / "w", format="sharegpt"))
+    recs = json.loads((r.out / "sharegpt" / "warmup.json").read_text())
+    assert r.skipped_no_response == 1 and len(recs) == 1
+    assert recs[0]["messages"][1]["content"] == "### The final answer is: 3"
+    assert recs[0]["messages"][0]["content"].count("<image>") == len(recs[0]["images"]) == 1
+    assert (r.out / "sharegpt" / recs[0]["images"][0]).is_file()
+    t = pq.read_table(r.out / "train.parquet").to_pylist()
+    assert {x["qid"]: x["response"] for x in t} == {"h1": "### The final answer is: 3", "h2": None}
+
+    r = select_stage(store, SelectOptions(stage="warmup", out=tmp_path / "e", format="easyr1"))
+    recs = json.loads((r.out / "easyr1" / "train.json").read_text())
+    assert sorted(x["qid"] for x in recs) == ["h1", "h2"]
+    assert set(recs[0]) >= {"qid", "problem", "answer", "images", "key_words"}
+    for x in recs:
+        assert (r.out / "easyr1" / x["images"][0]).is_file()
+    assert "easyr1/train.json" in json.loads((r.out / "manifest.json").read_text())["files"]
+
+
+def test_counts_equal_reference_split(tmp_path):
+    specs = [{"qid": f"q{i}", "k": (i * 5) % 9, "n": 8} for i in range(40)]
+    store = build_store(tmp_path, specs)
+    data = [json.loads(line) for line in (tmp_path / "data.jsonl").read_text().splitlines()]
+    (tmp_path / "data.json").write_text(json.dumps(data))
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "reference_split.py"), str(tmp_path / "rollout_results.jsonl"),
+                          str(tmp_path / "data.json"), str(tmp_path / "ref")], capture_output=True, text=True, check=True)
+    ref = json.loads(out.stdout)
+    for stage, band in (("perception", "easy"), ("reasoning", "medium"), ("warmup", "hard")):
+        r = select_stage(store, SelectOptions(stage=stage, out=tmp_path / stage))
+        assert r.rows == ref[band] == len(json.loads((tmp_path / "ref" / f"{band}.json").read_text()))
+        assert r.rows > 0
+
+
+def test_latest_run_by_default_and_run_option(tmp_path):
+    store = build_store(tmp_path, [{"qid": "q0", "k": 8, "n": 8}])
+    first = store.connect().execute("select run_id from runs where kind = 'import'").fetchone()[0]
+    dump = [{"qid": "q0", "response": "x", "ground_truth": "3", "score": {"accuracy": 0.0}}] * 4
+    second = import_rollouts(store, write_jsonl(tmp_path / "again.jsonl", dump)).run_id
+    r = select_stage(store, SelectOptions(stage="warmup", out=tmp_path / "latest"))
+    assert (r.run_id, r.rows) == (second, 1)
+    r = select_stage(store, SelectOptions(stage="perception", out=tmp_path / "first", run=first))
+    assert (r.run_id, r.rows) == (first, 1)
+    with pytest.raises(PebrError, match="no run"):
+        select_stage(store, SelectOptions(stage="warmup", out=tmp_path / "x", run="nope"))
+
+
+@pytest.mark.slow
+def test_export_trains_one_grpo_step(tmp_path, mixed):
+    pytest.importorskip("trl")
+    from datasets import load_dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    from train.tiny import build_tiny_model
+
+    r = select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "p", cap=4))
+    ds = load_dataset("parquet", data_files=str(r.out / "train.parquet"), split="train")
+    model = build_tiny_model(tmp_path / "tiny")
+    seen = []
+
+    def reward(completions, answer, **kw):
+        seen.extend(answer)
+        return [float(len(c[0]["content"]) % 2) for c in completions]
+
+    args = GRPOConfig(output_dir=str(tmp_path / "run"), use_cpu=True, bf16=False, per_device_train_batch_size=2,
+                      num_generations=2, max_completion_length=8, max_steps=1, report_to=[], save_strategy="no",
+                      logging_steps=1)
+    trainer = GRPOTrainer(model=str(model), reward_funcs=reward, args=args, train_dataset=ds)
+    trainer.train()
+    assert trainer.state.global_step == 1 and seen and set(seen) == {"3"}
