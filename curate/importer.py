@@ -37,9 +37,20 @@ class ImportReport:
 
 
 def count_lines(path: Path) -> int:
-    """Non-empty lines of the file: the records it holds."""
+    """Non-empty lines of the file (the records it holds), counted in 16 MiB blocks with numpy."""
+    import numpy as np
+
+    lines = blank = 0
+    prev_newline = True  # the file start behaves like a line end: a leading newline is a blank line
+    last = b"\n"
     with open(path, "rb") as f:
-        return sum(1 for line in f if line.strip())
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            nl = np.frombuffer(chunk, dtype=np.uint8) == 10
+            lines += int(nl.sum())
+            blank += int((nl[1:] & nl[:-1]).sum()) + int(prev_newline and nl[0])
+            prev_newline = bool(nl[-1])
+            last = chunk[-1:]
+    return lines - blank + (last != b"\n")
 
 
 def _sniff(path: Path) -> str:
@@ -94,6 +105,7 @@ def import_rollouts(store: Store, path: Path, source: str | None = None, fmt: st
         run_id = new_run_id("import")
         con = store.connect()
         con.execute("SET preserve_insertion_order = false")
+        con.execute("SET memory_limit = '512MB'")
         src = path.as_posix().replace("'", "''")
         cols = "{" + ", ".join(f"'{k}': '{v}'" for k, v in columns.items()) + "}"
         con.execute(
