@@ -105,12 +105,12 @@ def import_rollouts(store: Store, path: Path, source: str | None = None, fmt: st
         run_id = new_run_id("import")
         con = store.connect()
         con.execute("SET preserve_insertion_order = false")
-        con.execute("SET memory_limit = '512MB'")
+        con.execute("SET memory_limit = '640MB'")
         src = path.as_posix().replace("'", "''")
         cols = "{" + ", ".join(f"'{k}': '{v}'" for k, v in columns.items()) + "}"
         con.execute(
             f"CREATE TEMP VIEW dump AS {select} FROM read_json('{src}', format = 'newline_delimited', "
-            f"columns = {cols}, ignore_errors = true, maximum_object_size = 268435456)"
+            f"columns = {cols}, ignore_errors = true, maximum_object_size = 67108864)"
         )
         source_filter = "WHERE source = ?" if source else ""
         params = [source] if source else []
