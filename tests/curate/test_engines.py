@@ -17,6 +17,8 @@ import pytest
 from PIL import Image
 
 from curate.engines import EngineOptions, Request, SamplingConfig, load_engine, rollout_seed
+from conftest import vllm_python
+
 from rewards.prompt import build_messages
 
 REPO = Path(__file__).resolve().parents[2]
@@ -215,16 +217,6 @@ VLLM_DRIVER = textwrap.dedent(
         main()
     """
 )
-
-
-def vllm_python() -> Path:
-    venv = Path(os.environ.get("PEBR_VLLM_VENV", REPO / ".venv-vllm"))
-    python = venv / "bin" / "python"
-    if not (venv / ".pebr-vllm-complete").exists() or not python.exists():
-        if os.environ.get("PEBR_SKIP_VLLM") == "1":
-            pytest.skip(f"PEBR_SKIP_VLLM=1 and no vLLM environment at {venv}")
-        pytest.fail(f"no vLLM environment at {venv}: run scripts/setup_vllm_env.sh (or set PEBR_SKIP_VLLM=1 to skip)")
-    return python
 
 
 @pytest.mark.vllm

@@ -7,7 +7,7 @@ import sys
 import time
 
 import pytest
-from conftest import small_store
+from conftest import REPO, small_store, vllm_python
 
 from curate.engines.base import Completion, SamplingConfig
 from curate.errors import PebrError
@@ -127,3 +127,20 @@ def test_sigkill_mid_run_then_restart_leaves_exactly_n(tmp_path, tiny_model):
     counts = _counts(store, run_id)
     assert len(counts) == 6 and all(c[1:] == (4, 4, 0, 3) for c in counts)
     assert "already done" in r.stderr
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_curate_score_with_the_vllm_engine_writes_exactly_n(tmp_path, tiny_model):
+    python = vllm_python()
+    store = small_store(tmp_path, n=4)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+    cmd = [str(python), "-m", "curate.cli", "score", "--engine", "vllm", "--model", str(tiny_model), "--n", "3",
+           "--max-new-tokens", "8", "--store", str(store.root)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    con = store.connect()
+    run_id, engine = con.execute("select run_id, engine from runs where kind = 'score'").fetchone()
+    assert engine == "vllm"
+    counts = _counts(store, run_id)
+    assert len(counts) == 4 and all(c[1:] == (3, 3, 0, 2) for c in counts)
