@@ -29,10 +29,15 @@ vllm-env:
 test: setup vllm-env
     "{{bin}}/python" -m pytest
 
-# Set up and run the whole method on the embedded shapes world
+# Set up and run the whole method on the embedded shapes world (summary in runs/demo/summary.json)
 demo: setup
     "{{bin}}/python" -m pipelines.demo
 
-# Benchmarks (not part of the tests)
-bench: setup
-    "{{bin}}/python" -m pytest benchmarks -q -s
+# Build (once) and cache the demo's worlds and warmed-up tiny model under runs/demo/cache
+demo-assets: setup
+    "{{bin}}/python" -m pipelines.demo --assets-only
+
+# Benchmarks (not part of the tests): engines and adaptive scoring, then import + select at 2M rollouts
+bench: setup vllm-env demo-assets
+    "{{bin}}/python" benchmarks/bench_engines.py
+    "{{bin}}/python" benchmarks/bench_select.py
