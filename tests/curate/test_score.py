@@ -35,7 +35,8 @@ class SeedEngine:
             for seed in r.seeds:
                 ok = (seed % 1000) / 1000 < self.p_right[r.key]
                 ans = self.answers[r.key] if ok else "wrong"
-                comps.append(Completion(f"### Image Description: x\n### The final answer is: {ans}", 9, "stop"))
+                seen = "a circle" if seed % 13 else "nothing"  # the keyword reward varies within some groups
+                comps.append(Completion(f"### Image Description: {seen}\n### The final answer is: {ans}", 9, "stop"))
             out.append(comps)
         return out
 
@@ -144,3 +145,28 @@ def test_curate_score_with_the_vllm_engine_writes_exactly_n(tmp_path, tiny_model
     assert engine == "vllm"
     counts = _counts(store, run_id)
     assert len(counts) == 4 and all(c[1:] == (3, 3, 0, 2) for c in counts)
+
+
+def test_stage_manifest_predicts_zero_advantage_from_the_rollouts(tmp_path):
+    import json
+
+    from curate.select import SelectOptions, select_stage
+
+    store = small_store(tmp_path, n=32)
+    model = tmp_path / "m"
+    model.mkdir()
+    run = score(store, _opts(model), engine=_engine_for(store)).run_id
+    con = store.connect()
+    for stage, band in (("perception", "easy"), ("reasoning", "medium")):
+        r = select_stage(store, SelectOptions(stage=stage, out=tmp_path / stage))
+        manifest = json.loads((tmp_path / stage / "manifest.json").read_text())
+        ids = con.execute("select sample_id from difficulty where run_id = ? and band = ?", [run, band]).fetchall()
+        assert r.rows == len(ids) > 0
+        if stage == "perception":
+            # a group is degenerate under the perception reward when every rollout found the keyword, or none did
+            flat = con.execute("""select avg(case when min(keyword) = max(keyword) then 1.0 else 0.0 end) over ()
+                from rollouts join difficulty d using (run_id, sample_id) where run_id = ? and d.band = 'easy'
+                group by sample_id limit 1""", [run]).fetchone()[0]
+        else:
+            flat = con.execute("select avg(p_degenerate) from difficulty where run_id = ? and band = 'medium'", [run]).fetchone()[0]
+        assert 0 < flat < 1 and manifest["zero_advantage"]["predicted"] == pytest.approx(flat)
