@@ -81,9 +81,9 @@ class Demo:
         shutil.rmtree(cache, ignore_errors=True)
         w, ww = self.recipe["world"], self.recipe["warmup_world"]
         self.step("synth", _argv("curate", "synth", "--out", world, "--n", w["n"], "--seed", w["seed"],
-                                 "--test-fraction", w["test_fraction"]))
+                                 "--test-fraction", w["test_fraction"], "--image-size", w["image_size"]))
         self.step("synth_warmup", _argv("curate", "synth", "--out", cache / "warmup_world", "--n", ww["n"],
-                                        "--seed", ww["seed"], "--test-fraction", 0))
+                                        "--seed", ww["seed"], "--test-fraction", 0, "--image-size", ww["image_size"]))
         tiny_args = [a for k, v in (self.recipe.get("tiny") or {}).items() for a in ("--size", f"{k}={v}")]
         self.step("init_tiny", _argv("train", "init-tiny", "--out", cache / "tiny", "--corpus",
                                      cache / "warmup_world" / "train.jsonl", "--seed", self.recipe.get("seed", 0), *tiny_args))

@@ -22,12 +22,13 @@ def load_vlm(model_dir: str | Path, min_pixels: int | None = None, max_pixels: i
 
     if not Path(model_dir).is_dir():
         raise PebrError(f"--model {model_dir}: not a model directory")
-    kwargs = {}
-    if min_pixels is not None:
-        kwargs["min_pixels"] = min_pixels
-    if max_pixels is not None:
-        kwargs["max_pixels"] = max_pixels
-    processor = AutoProcessor.from_pretrained(model_dir, **kwargs)
+    processor = AutoProcessor.from_pretrained(model_dir)
+    image_processor = getattr(processor, "image_processor", None)
+    if image_processor is not None and (min_pixels or max_pixels):
+        # Qwen-VL processors read the pixel bounds from `size` (the min_pixels/max_pixels kwargs are deprecated).
+        size = dict(getattr(image_processor, "size", None) or {})
+        size.update({k: v for k, v in (("shortest_edge", min_pixels), ("longest_edge", max_pixels)) if v})
+        image_processor.size = size
     dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype)
     return model, processor
