@@ -73,13 +73,18 @@ def _sniff(path: Path) -> str:
     raise PebrError(f"{path}: unknown rollout format (keys {sorted(first)}); expected PeBR/EasyR1 or verl dumps")
 
 
+# An imported rollout's index is its position among the dump's readable records: unique within the
+# run and traceable to the file, with no window function over the whole dump.
+_ORDINAL = "CAST(ordinality - 1 AS INTEGER) AS position"
+
+
 def _select_sql(fmt: str, qid_field: str | None, threshold: float) -> tuple[str, dict]:
     if fmt == "pebr":
         columns = {"qid": "VARCHAR", "response": "VARCHAR", "ground_truth": "VARCHAR", "score": "JSON"}
         accuracy = "TRY_CAST(json_extract(score, '$.accuracy') AS FLOAT)"
         return (
             f"SELECT CAST(qid AS VARCHAR) AS qid, coalesce(response, '') AS response, {accuracy} AS accuracy, "
-            f"coalesce({accuracy}, 0) >= {threshold} AS correct",
+            f"coalesce({accuracy}, 0) >= {threshold} AS correct, {_ORDINAL}",
             columns,
         )
     if not qid_field:
@@ -87,7 +92,7 @@ def _select_sql(fmt: str, qid_field: str | None, threshold: float) -> tuple[str,
     columns = {"input": "VARCHAR", "output": "VARCHAR", "score": "DOUBLE", qid_field: "VARCHAR"}
     return (
         f"SELECT CAST(\"{qid_field}\" AS VARCHAR) AS qid, coalesce(output, '') AS response, CAST(score AS FLOAT) AS accuracy, "
-        f"coalesce(score, 0) >= {threshold} AS correct",
+        f"coalesce(score, 0) >= {threshold} AS correct, {_ORDINAL}",
         columns,
     )
 
@@ -110,7 +115,7 @@ def import_rollouts(store: Store, path: Path, source: str | None = None, fmt: st
         cols = "{" + ", ".join(f"'{k}': '{v}'" for k, v in columns.items()) + "}"
         con.execute(
             f"CREATE TEMP VIEW dump AS {select} FROM read_json('{src}', format = 'newline_delimited', "
-            f"columns = {cols}, ignore_errors = true, maximum_object_size = 67108864)"
+            f"columns = {cols}, ignore_errors = true, maximum_object_size = 67108864) WITH ORDINALITY"
         )
         source_filter = "WHERE source = ?" if source else ""
         params = [source] if source else []
@@ -128,7 +133,7 @@ def import_rollouts(store: Store, path: Path, source: str | None = None, fmt: st
         con.execute(f"""
             COPY (
               SELECT '{run_id}' AS run_id, m.sample_id, d.qid,
-                CAST(row_number() OVER (PARTITION BY d.qid) - 1 AS INTEGER) AS rollout_idx,
+                d.position AS rollout_idx,
                 CAST(NULL AS BIGINT) AS seed, d.response, CAST(NULL AS INTEGER) AS n_tokens,
                 CAST(NULL AS VARCHAR) AS finish_reason, d.accuracy, {reward_nulls},
                 d.accuracy AS overall, d.correct

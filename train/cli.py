@@ -102,6 +102,8 @@ def _progress_callback():
     from transformers import TrainerCallback
 
     class RichProgress(TrainerCallback):
+        """Replaces transformers' printed log dicts with one progress bar (steps, rate, ETA, loss)."""
+
         def __init__(self):
             self.bar = None
 
@@ -112,6 +114,12 @@ def _progress_callback():
 
         def on_step_end(self, args, state, control, **kw):
             self.bar.update(self.task, completed=state.global_step)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            # Metrics go to TensorBoard; the bar shows the one a person watches.
+            shown = {k: logs[k] for k in ("loss", "reward", "frac_reward_zero_std") if logs and k in logs}
+            if shown:
+                self.bar.update(self.task, description="train " + " ".join(f"{k} {v:.3g}" for k, v in shown.items()))
 
         def on_train_end(self, args, state, control, **kw):
             self.bar.stop()
@@ -147,8 +155,13 @@ def eval_(
     cfg = EvalConfig(temperature=temperature, max_new_tokens=max_new_tokens, batch_size=batch_size, limit=limit, seed=seed)
     with progress_bar(unit="prompts") as bar:
         task = bar.add_task("eval", total=None)
-        result = evaluate(model, data, cfg, image_root=image_root, progress=lambda k: bar.advance(task, k),
-                          responses_out=responses)
+
+        def progress(advance: int, total: int | None = None) -> None:
+            if total is not None:
+                bar.update(task, total=total)
+            bar.advance(task, advance)
+
+        result = evaluate(model, data, cfg, image_root=image_root, progress=progress, responses_out=responses)
     table = Table(title=f"{model} on {data}")
     for col in ("group", "n", "accuracy"):
         table.add_column(col)
@@ -158,6 +171,7 @@ def eval_(
     table.add_row("[bold]all", str(result.n), f"[bold]{result.accuracy:.3f}")
     console().print(table)
     if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(asdict(result), indent=2))
 
 

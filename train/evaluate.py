@@ -38,6 +38,8 @@ def generate(model, processor, prompts: list[list[dict]], images: list[list], cf
     out: list[tuple[str, int]] = []
     torch.manual_seed(cfg.seed)
     model.eval()
+    if progress:
+        progress(0, len(prompts))
     for start in range(0, len(prompts), cfg.batch_size):
         batch_p = prompts[start:start + cfg.batch_size]
         batch_i = images[start:start + cfg.batch_size]

@@ -147,6 +147,10 @@ def run_stage(model_dir: Path, data: Path, out: Path, cfg: GRPOStageConfig, imag
     )
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=dataset, processing_class=processor,
                           callbacks=[SignalLog(), *(callbacks or [])])
+    if callbacks:  # the caller shows progress; drop transformers' printed log dicts
+        from transformers import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
     started = time.monotonic()
     trainer.train(resume_from_checkpoint=_last_checkpoint(out) if resume else None)
     seconds = time.monotonic() - started

@@ -58,6 +58,10 @@ def run_warmup(model_dir: Path, data: Path, out: Path, cfg: WarmupConfig, image_
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
                          callbacks=[LossLog(), *(callbacks or [])])
+    if callbacks:  # the caller shows progress; drop transformers' printed log dicts
+        from transformers import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
     started = time.monotonic()
     trainer.train(resume_from_checkpoint=_last_checkpoint(out) if resume else None)
     seconds = time.monotonic() - started

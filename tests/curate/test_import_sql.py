@@ -35,8 +35,10 @@ def test_import_pebr_dump(tmp_path, store):
     con = store.connect()
     got = con.execute("select s.qid, d.k, d.band from difficulty d join samples s using (sample_id) order by 1").fetchall()
     assert got == [("q0", 8, "easy"), ("q1", 3, "medium"), ("q2", 0, "hard")]
-    idx = con.execute("select qid, list(rollout_idx order by rollout_idx) from rollouts group by qid").fetchall()
-    assert all(v == list(range(8)) for _, v in idx)
+    # an imported rollout's index is its position among the dump's records
+    idx = con.execute("select rollout_idx, qid, response from rollouts order by rollout_idx").fetchall()
+    assert [i for i, _, _ in idx] == list(range(32))
+    assert [(q, r) for _, q, r in idx] == [(x["qid"], x["response"]) for x in lines[:32]]
 
 
 def test_import_verl_dump_needs_qid_field(tmp_path, store):
