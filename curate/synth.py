@@ -350,10 +350,12 @@ FAMILIES = {
 }
 """Question families per capability."""
 
-CAPABILITY_WEIGHTS = {"perception_coarse": 0.4, "perception_fine": 0.3, "reasoning": 0.3}
-"""How often a sample asks each capability."""
+CAPABILITY_WEIGHTS = {"perception_coarse": 0.5, "perception_fine": 0.25, "reasoning": 0.25}
+"""How often a sample asks each capability. Coarse questions hold both the easiest family (counting the
+objects) and the hardest (describing the scene), so they get half the samples: with them, a warmed-up
+tiny model spreads over all three bands."""
 
-FAMILY_WEIGHTS = {"perception_coarse": [3, 1, 1, 1], "perception_fine": [1, 1, 1, 1], "reasoning": [1, 1, 1, 1]}
+FAMILY_WEIGHTS = {"perception_coarse": [2, 1, 1, 1], "perception_fine": [1, 1, 1, 1], "reasoning": [1, 1, 1, 1]}
 """Relative weights of the families of each capability. Counting the objects is the one coarse question a
 warmed-up tiny model gets right nearly always, so weighting it up gives the easy band its share; describing
 the scene (list_shapes) stays the hard one."""
