@@ -45,7 +45,7 @@ else:
     out = engine.generate(requests(rows), cfg)
 dt = time.time() - t0
 n = sum(len(o) for o in out); toks = sum(c.n_tokens for o in out for c in o)
-print(json.dumps({"load_s": load, "seconds": dt, "rollouts": n, "tokens": toks, "rollouts_per_s": n / dt, "tokens_per_s": toks / dt}))
+print("RESULT " + json.dumps({"load_s": load, "seconds": dt, "rollouts": n, "tokens": toks, "rollouts_per_s": n / dt, "tokens_per_s": toks / dt}), flush=True)
 """
 
 
@@ -58,8 +58,11 @@ def _drive(python: str, spec: dict) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore", "VLLM_CPU_KVCACHE_SPACE": "2"}
     r = subprocess.run([python, "-c", DRIVER, json.dumps(spec)], capture_output=True, text=True, env=env, cwd=REPO)
     if r.returncode:
-        raise RuntimeError(r.stderr[-3000:])
-    return json.loads(r.stdout.strip().splitlines()[-1])
+        log = REPO / "benchmarks" / "results" / f"{spec['engine']}-stderr.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(r.stderr)
+        raise RuntimeError(f"{spec['engine']} driver failed (stderr in {log}): {r.stderr[-1500:]}")
+    return json.loads(next(line for line in r.stdout.splitlines() if line.startswith("RESULT "))[len("RESULT "):])
 
 
 def _curate(*args) -> subprocess.CompletedProcess:
@@ -89,8 +92,11 @@ def main() -> None:
     vllm_py = Path(os.environ.get("PEBR_VLLM_VENV", REPO / ".venv-vllm")) / "bin" / "python"
     if vllm_py.exists():
         print("vllm-cpu ...", flush=True)
-        results["vllm_cpu"] = _drive(str(vllm_py), {**base, "engine": "vllm", "batch_size": 256, "one_at_a_time": False,
-                                                    "extra": {"llm_kwargs": {"enforce_eager": True}}})
+        try:
+            results["vllm_cpu"] = _drive(str(vllm_py), {**base, "engine": "vllm", "batch_size": 256, "one_at_a_time": False,
+                                                        "extra": {"llm_kwargs": {"enforce_eager": True}}})
+        except RuntimeError as exc:  # reported, not fatal: the other figures still stand
+            results["vllm_cpu"] = f"failed: {str(exc)[-1500:]}"
     else:
         results["vllm_cpu"] = "no .venv-vllm (run `just vllm-env`)"
     print("adaptive vs full scoring ...", flush=True)

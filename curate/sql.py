@@ -47,7 +47,7 @@ def write_result(table: pa.Table, fmt: str, out=None) -> None:
         for row in table.to_pylist():
             w.writerow([_cell(v) for v in row.values()])
     elif fmt == "json":
-        json.dump(table.to_pylist(), out, default=str, ensure_ascii=False)
+        json.dump(table.to_pylist(), out, default=_json_value, ensure_ascii=False)
         out.write("\n")
     else:
         from rich.console import Console
@@ -58,6 +58,15 @@ def write_result(table: pa.Table, fmt: str, out=None) -> None:
             t.add_row(*[_cell(v) for v in row.values()])
         Console(file=out).print(t)
         Console(stderr=True).print(f"{table.num_rows} row(s)")
+
+
+def _json_value(value):
+    """Decimals (DuckDB's sum of integers is a HUGEINT) as numbers; everything else as text."""
+    from decimal import Decimal
+
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    return str(value)
 
 
 def _cell(value) -> str:
