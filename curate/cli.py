@@ -245,8 +245,10 @@ def synth(
     """
     from curate.synth import generate_world
 
-    with console().status(f"drawing {n:,} scenes"):
-        stats = generate_world(out, n=n, seed=seed, test_fraction=test_fraction, image_size=image_size)
+    with progress_bar(unit="samples") as bar:
+        task = bar.add_task("synth", total=n)
+        stats = generate_world(out, n=n, seed=seed, test_fraction=test_fraction, image_size=image_size,
+                               progress=lambda k: bar.advance(task, k))
     console().print(f"{stats['n_train']:,} train + {stats['n_test']:,} test samples in [bold]{out}[/bold] "
                     f"({stats['seconds']:.1f} s): " + ", ".join(f"{k} {v:,}" for k, v in stats["by_capability"].items()))
 

@@ -468,13 +468,14 @@ def generate_world(
     test_fraction: float = 0.1,
     image_size: int = 112,
     workers: int | None = None,
+    progress=None,
 ) -> dict:
     """Write ``n`` shapes-world samples to ``out/train.jsonl``, ``out/test.jsonl`` and ``out/images/``.
 
     Each sample depends only on (seed, index), so the files are byte-identical for a seed whatever
     the number of ``workers`` (default: the CPUs available, one for small worlds). The last
     ``round(n * test_fraction)`` samples form the test split.
-    Returns ``{n_train, n_test, by_capability, seconds}``.
+    ``progress(k)`` is called as samples are written. Returns ``{n_train, n_test, by_capability, seconds}``.
     """
     if not 0 <= test_fraction < 1:
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
@@ -493,9 +494,9 @@ def generate_world(
 
             with mp.get_context().Pool(workers) as pool:
                 lines = pool.imap(_write_sample, jobs, chunksize=256)
-                by_capability = _write_lines(lines, n_train, train, test)
+                by_capability = _write_lines(lines, n_train, train, test, progress)
         else:
-            by_capability = _write_lines(map(_write_sample, jobs), n_train, train, test)
+            by_capability = _write_lines(map(_write_sample, jobs), n_train, train, test, progress)
     for name, path in tmp.items():
         path.replace(out / f"{name}.jsonl")
     return {
@@ -506,9 +507,13 @@ def generate_world(
     }
 
 
-def _write_lines(lines, n_train: int, train, test) -> Counter:
+def _write_lines(lines, n_train: int, train, test, progress=None) -> Counter:
     by_capability: Counter = Counter()
     for i, (capability, line) in enumerate(lines):
         (train if i < n_train else test).write(line + "\n")
         by_capability[capability] += 1
+        if progress and i % 256 == 255:
+            progress(256)
+    if progress:
+        progress(sum(by_capability.values()) % 256)
     return by_capability
