@@ -82,3 +82,34 @@ def _pebr_version() -> str:
         return version("pebr")
     except PackageNotFoundError:
         return "not installed"
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def fit(trainer, processor, out: Path, resume: bool, quiet: bool) -> float:
+    """Train (from the last checkpoint in `out` when resuming), save model and processor; returns seconds.
+
+    `quiet` drops transformers' printed log dicts when the caller shows its own progress bar.
+    """
+    import time
+
+    from transformers import PrinterCallback
+    from transformers.trainer_utils import get_last_checkpoint
+
+    checkpoint = None
+    if resume:
+        checkpoint = get_last_checkpoint(str(out)) if out.is_dir() else None
+        if checkpoint is None:
+            raise PebrError(f"--resume: no checkpoint-* folder in {out}")
+    if quiet:
+        trainer.remove_callback(PrinterCallback)
+    started = time.monotonic()
+    trainer.train(resume_from_checkpoint=checkpoint)
+    seconds = time.monotonic() - started
+    trainer.save_model(str(out))
+    processor.save_pretrained(str(out))
+    return seconds

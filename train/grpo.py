@@ -21,7 +21,6 @@ departs from plain GRPO, and where each piece comes from:
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -100,9 +99,8 @@ def run_stage(model_dir: Path, data: Path, out: Path, cfg: GRPOStageConfig, imag
     from trl import GRPOConfig, GRPOTrainer
 
     from rewards import RewardConfig, renormalisation_note, stage_reward_functions
-    from train.common import freeze_vision_tower, load_vlm, use_bf16, write_run_record
+    from train.common import cuda_available, fit, freeze_vision_tower, load_vlm, use_bf16, write_run_record
     from train.data import load_rl
-    from train.warmup import _cuda, _last_checkpoint
 
     if cfg.stage not in ("perception", "reasoning"):
         raise PebrError(f"GRPO stage must be perception or reasoning, not {cfg.stage!r}")
@@ -140,22 +138,14 @@ def run_stage(model_dir: Path, data: Path, out: Path, cfg: GRPOStageConfig, imag
         num_iterations=1, reward_weights=weights, use_vllm=cfg.use_vllm, vllm_mode=cfg.vllm_mode,
         vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
         generation_kwargs={"suppress_tokens": _vision_token_ids(processor)},
-        bf16=use_bf16(cfg.bf16), gradient_checkpointing=cfg.gradient_checkpointing, use_cpu=not _cuda(),
+        bf16=use_bf16(cfg.bf16), gradient_checkpointing=cfg.gradient_checkpointing, use_cpu=not cuda_available(),
         logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, save_total_limit=2,
         report_to=["tensorboard"], remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=True,
         log_completions=False,
     )
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=dataset, processing_class=processor,
                           callbacks=[SignalLog(), *(callbacks or [])])
-    if callbacks:  # the caller shows progress; drop transformers' printed log dicts
-        from transformers import PrinterCallback
-
-        trainer.remove_callback(PrinterCallback)
-    started = time.monotonic()
-    trainer.train(resume_from_checkpoint=_last_checkpoint(out) if resume else None)
-    seconds = time.monotonic() - started
-    trainer.save_model(str(out))
-    processor.save_pretrained(str(out))
+    seconds = fit(trainer, processor, out, resume, quiet=bool(callbacks))
     predicted = predicted_zero_adv(report.manifest)
     result = StageResult(out=out, steps=trainer.state.global_step, seconds=seconds, predicted_zero_adv=predicted,
                          observed_zero_adv=sum(observed) / len(observed) if observed else None,

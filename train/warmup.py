@@ -26,12 +26,10 @@ class WarmupResult:
 
 def run_warmup(model_dir: Path, data: Path, out: Path, cfg: WarmupConfig, image_root: Path | None = None,
                resume: bool = False, callbacks: list | None = None) -> WarmupResult:
-    import time
-
     from transformers import TrainerCallback, set_seed
     from trl import SFTConfig, SFTTrainer
 
-    from train.common import freeze_vision_tower, load_vlm, use_bf16, write_run_record
+    from train.common import cuda_available, fit, freeze_vision_tower, load_vlm, use_bf16, write_run_record
     from train.data import load_sft
 
     set_seed(cfg.seed)
@@ -53,39 +51,14 @@ def run_warmup(model_dir: Path, data: Path, out: Path, cfg: WarmupConfig, image_
         max_length=cfg.max_length, weight_decay=cfg.weight_decay, bf16=use_bf16(cfg.bf16),
         gradient_checkpointing=cfg.gradient_checkpointing, logging_steps=cfg.logging_steps,
         save_steps=cfg.save_steps, save_total_limit=2, seed=cfg.seed, data_seed=cfg.seed,
-        report_to=["tensorboard"], use_cpu=not _cuda(),
+        report_to=["tensorboard"], use_cpu=not cuda_available(),
         dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
                          callbacks=[LossLog(), *(callbacks or [])])
-    if callbacks:  # the caller shows progress; drop transformers' printed log dicts
-        from transformers import PrinterCallback
-
-        trainer.remove_callback(PrinterCallback)
-    started = time.monotonic()
-    trainer.train(resume_from_checkpoint=_last_checkpoint(out) if resume else None)
-    seconds = time.monotonic() - started
-    trainer.save_model(str(out))
-    processor.save_pretrained(str(out))
+    seconds = fit(trainer, processor, out, resume, quiet=bool(callbacks))
     write_run_record(out, "warmup", asdict(cfg), str(model_dir), str(data), report.manifest,
                      {"rows": report.rows, "skipped": report.skipped, "losses": losses})
     return WarmupResult(out=out, rows=report.rows, skipped=report.skipped, steps=trainer.state.global_step,
                         first_loss=losses[0] if losses else None, last_loss=losses[-1] if losses else None,
                         seconds=seconds)
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def _last_checkpoint(out: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    from schemas.errors import PebrError
-
-    last = get_last_checkpoint(str(out)) if out.is_dir() else None
-    if last is None:
-        raise PebrError(f"--resume: no checkpoint-* folder in {out}")
-    return last
