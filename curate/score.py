@@ -79,7 +79,6 @@ class ScoreReport:
     rollouts_full: int = 0
     """Rollouts a full (non-adaptive) run of these samples would make."""
     seconds: float = 0.0
-    notes: list[str] = field(default_factory=list)
 
 
 def _model_fingerprint(model: str) -> str:
