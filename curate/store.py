@@ -120,7 +120,7 @@ class Store:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
             if self.exists():
-                self.refresh_catalog()
+                self.ensure_catalog()
 
     def _require_lock(self) -> None:
         if self._lock_fd is None:
@@ -197,6 +197,19 @@ class Store:
         for statement in view_statements(self):
             con.execute(statement)
         return con
+
+    def ensure_catalog(self) -> None:
+        """Write catalog.duckdb when missing or when its view definitions changed.
+
+        The views read each table folder by glob, so new parts show up without a rewrite; only a new
+        layout, a new macro or a moved store needs one (a stamp of the statements tells).
+        """
+        stamp = self.root / ".catalog.sha256"
+        digest = hashlib.sha256("\n".join(view_statements(self)).encode()).hexdigest()
+        if (self.root / CATALOG).exists() and stamp.exists() and stamp.read_text() == digest:
+            return
+        self.refresh_catalog()
+        stamp.write_text(digest)
 
     def refresh_catalog(self) -> None:
         """Rewrite catalog.duckdb (atomically) so the DuckDB CLI sees the current views."""

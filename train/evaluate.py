@@ -30,7 +30,7 @@ def generate(model, processor, prompts: list[list[dict]], images: list[list], cf
     """Batched generation: returns (text, generated token count) per prompt."""
     import torch
 
-    from train.grpo import _vision_token_ids
+    from train.common import vision_token_ids
 
     tok = processor.tokenizer
     eos = [tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>") if t in tok.get_vocab()]
@@ -48,7 +48,7 @@ def generate(model, processor, prompts: list[list[dict]], images: list[list], cf
         enc = processor(text=texts, images=flat, return_tensors="pt", padding=True, padding_side="left")
         enc = enc.to(model.device)
         kwargs = {"max_new_tokens": cfg.max_new_tokens, "eos_token_id": eos, "pad_token_id": tok.pad_token_id,
-                  "suppress_tokens": _vision_token_ids(processor)}
+                  "suppress_tokens": vision_token_ids(processor)}
         if cfg.temperature > 0:
             kwargs.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)
         else:

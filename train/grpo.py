@@ -75,17 +75,6 @@ class StageResult:
     rewards: dict[str, float] = field(default_factory=dict)
 
 
-def _vision_token_ids(processor) -> list[int]:
-    tok = getattr(processor, "tokenizer", processor)
-    ids = []
-    for token in tok.all_special_tokens + list(getattr(tok, "added_tokens_encoder", {}).keys()):
-        if any(w in token for w in ("image", "video", "vision")) or token == "<|im_start|>":
-            tid = tok.convert_tokens_to_ids(token)
-            if isinstance(tid, int) and tid not in ids:
-                ids.append(tid)
-    return ids
-
-
 def predicted_zero_adv(manifest: dict | None) -> float | None:
     """The zero-advantage fraction a stage dataset's manifest predicts (None without a manifest)."""
     value = ((manifest or {}).get("zero_advantage") or {}).get("predicted")
@@ -99,7 +88,8 @@ def run_stage(model_dir: Path, data: Path, out: Path, cfg: GRPOStageConfig, imag
     from trl import GRPOConfig, GRPOTrainer
 
     from rewards import RewardConfig, renormalisation_note, stage_reward_functions
-    from train.common import cuda_available, fit, freeze_vision_tower, load_vlm, use_bf16, write_run_record
+    from train.common import (cuda_available, fit, freeze_vision_tower, load_vlm, use_bf16, vision_token_ids,
+                              write_run_record)
     from train.data import load_rl
 
     if cfg.stage not in ("perception", "reasoning"):
@@ -137,7 +127,7 @@ def run_stage(model_dir: Path, data: Path, out: Path, cfg: GRPOStageConfig, imag
         epsilon_high=cfg.epsilon_high, delta=cfg.dual_clip, loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards,
         num_iterations=1, reward_weights=weights, use_vllm=cfg.use_vllm, vllm_mode=cfg.vllm_mode,
         vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-        generation_kwargs={"suppress_tokens": _vision_token_ids(processor)},
+        generation_kwargs={"suppress_tokens": vision_token_ids(processor)},
         bf16=use_bf16(cfg.bf16), gradient_checkpointing=cfg.gradient_checkpointing, use_cpu=not cuda_available(),
         logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, save_total_limit=2,
         report_to=["tensorboard"], remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=True,

@@ -79,6 +79,14 @@ def test_catalog_file_opens_in_duckdb(tmp_path):
     assert con.execute("select kind from runs").fetchall() == [("score",)]
     assert {r[0] for r in con.execute("select view_name from duckdb_views() where not internal").fetchall()} >= {
         "samples", "rejects", "rollouts", "runs", "difficulty"}
+    con.close()
+    # the views read folders by glob: adding parts does not rewrite the catalog, and it still sees them
+    inode = (tmp_path / "catalog.duckdb").stat().st_ino
+    with store.writing("t2"):
+        store.add_run("score-b", "score")
+    assert (tmp_path / "catalog.duckdb").stat().st_ino == inode
+    con = duckdb.connect(str(tmp_path / "catalog.duckdb"), read_only=True)
+    assert con.execute("select count(*) from runs").fetchone() == (2,)
 
 
 @pytest.mark.parametrize("k,band", [(0, "hard"), (1, "medium"), (7, "medium"), (8, "easy")])
