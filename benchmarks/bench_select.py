@@ -151,6 +151,8 @@ def run(questions: int = 250_000, work: Path | None = None, results: Path | None
     own = work is None
     work = Path(work or tempfile.mkdtemp(prefix="pebr-bench-"))
     work.mkdir(parents=True, exist_ok=True)
+    for leftover in ("store", "out", "ref"):  # a kept --dir starts over
+        shutil.rmtree(work / leftover, ignore_errors=True)
     try:
         t0 = time.perf_counter()
         expected = generate(work, questions)

@@ -85,6 +85,16 @@ def main() -> None:
     model_dir = build_model(args.out / "model", args.shape, [r["problem"] + " " + r["response"] for r in rows])
     results = {"device": device, "shape": args.shape, "build_s": time.time() - t0}
 
+    def save(phase: str) -> None:
+        # Written after every phase, so a run stopped by a time limit still leaves the finished numbers.
+        if torch.cuda.is_available():
+            results.setdefault("peak_gpu_gib", {})[phase] = torch.cuda.max_memory_allocated() / 2**30
+            torch.cuda.reset_peak_memory_stats()
+        (args.out / "results.json").write_text(json.dumps(results, indent=2))
+        print(f"[gpu_check] {phase} done: {json.dumps(results.get(phase, results.get(phase + '_s')))}", flush=True)
+
+    save("build")
+
     from PIL import Image
 
     cfg = SamplingConfig(n=8, temperature=1.2, top_p=0.99, max_new_tokens=args.max_new_tokens, seed=1)
@@ -98,6 +108,7 @@ def main() -> None:
     toks = sum(c.n_tokens for o in out for c in o)
     results["hf_scoring"] = {"rollouts": sum(len(o) for o in out), "seconds": dt, "rollouts_per_s": sum(len(o) for o in out) / dt,
                              "tokens_per_s": toks / dt, "max_new_tokens": args.max_new_tokens}
+    save("hf_scoring")
     del engine
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
 
@@ -108,7 +119,7 @@ def main() -> None:
     r = run_stage(model_dir, world / "train.jsonl", args.out / "grpo", grpo)
     results["grpo"] = {"steps": r.steps, "seconds": r.seconds, "seconds_per_step": r.seconds / max(r.steps, 1),
                        "questions_per_step": 8, "group_size": 8, "wall_s": time.time() - t0}
-    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    save("grpo")
     print(json.dumps(results, indent=2))
 
 

@@ -281,6 +281,7 @@ def select(
     easy_min: Annotated[float, typer.Option(help="Easy when k >= easy_min * n.")] = 1.0,
     hard_max: Annotated[float, typer.Option(help="Hard when k <= hard_max * n.")] = 0.0,
     group_size: Annotated[int, typer.Option(help="GRPO group size, for the zero-advantage prediction.")] = 8,
+    images: Annotated[str, typer.Option(help="path (absolute paths into the store's image folder) | embed (bytes: a self-contained file).")] = "path",
     fmt: Annotated[str, typer.Option("--format", help="parquet | easyr1 (+ reference JSON, images) | sharegpt (+ LLaMA-Factory).")] = "parquet",
     force: Annotated[bool, typer.Option(help="Replace an existing stage dataset in --out.")] = False,
     store: StoreOpt = Path("store"),
@@ -293,7 +294,8 @@ def select(
 
     opts = SelectOptions(stage=stage, out=out, run=run, sources=source, capabilities=capability,
                          coarse_fine_mix=coarse_fine_mix, quota=_quota(quota or []), cap=cap, seed=seed, dedup=dedup,
-                         where=where, easy_min=easy_min, hard_max=hard_max, group_size=group_size, format=fmt, force=force)
+                         where=where, easy_min=easy_min, hard_max=hard_max, group_size=group_size, images=images, format=fmt,
+                         force=force)
     with console().status(f"selecting the {stage} stage"):
         r = select_stage(_store(store), opts)
     err = console()

@@ -9,7 +9,12 @@ degenerate group of 8, and samples with different n (adaptive runs) are compared
 
 from __future__ import annotations
 
-from schemas.tables import REWARD_COLUMNS
+import hashlib
+import os
+import uuid
+from pathlib import Path
+
+from schemas import REWARD_COLUMNS
 
 DEFAULT_GROUP_SIZE = 8
 
@@ -32,19 +37,24 @@ _stats = ",\n    ".join(
     f"avg({c}) AS mean_{c}, stddev_pop({c}) AS std_{c}" for c in REWARD_COLUMNS
 )
 
-DIFFICULTY_SQL = f"""CREATE OR REPLACE VIEW difficulty AS
-WITH agg AS (
-  SELECT run_id, sample_id, count(*) AS n, count(*) FILTER (WHERE correct) AS k,
+_AGG = f"""SELECT run_id, sample_id, count(*) AS n, count(*) FILTER (WHERE correct) AS k,
     {_stats},
     avg(n_tokens) AS mean_tokens
-  FROM rollouts WHERE sample_id IS NOT NULL
-  GROUP BY run_id, sample_id
-)
-SELECT run_id, sample_id, n, k, k / n AS pass_rate, band(k, n) AS band,
+  FROM rollouts WHERE sample_id IS NOT NULL{{run_filter}}
+  GROUP BY run_id, sample_id"""
+"""Per (run, sample): the counts and reward moments every other difficulty column derives from."""
+
+
+def _from_agg(agg: str, extra: str = "") -> str:
+    """The difficulty columns over a relation holding `_AGG`'s columns (plus `extra` ones)."""
+    return f"""SELECT run_id, sample_id, n, k, k / n AS pass_rate, band(k, n) AS band,
   wilson_low(k, n) AS ci_low, wilson_high(k, n) AS ci_high,
   {", ".join(f"mean_{c}, std_{c}" for c in REWARD_COLUMNS)},
-  mean_tokens, p_degenerate(k, n, {DEFAULT_GROUP_SIZE}) AS p_degenerate
-FROM agg"""
+  mean_tokens, p_degenerate(k, n, {DEFAULT_GROUP_SIZE}) AS p_degenerate{extra}
+FROM {agg}"""
+
+
+DIFFICULTY_SQL = "CREATE OR REPLACE VIEW difficulty AS\n" + _from_agg(f"({_AGG.format(run_filter='')}) agg")
 
 STAGE_BANDS = {"perception": "easy", "reasoning": "medium", "warmup": "hard"}
 """The paper's dataset-level sampling: which band feeds which training stage."""
@@ -88,16 +98,93 @@ def resolve_run(con, run: str | None = None) -> str:
 
 
 def difficulty_query(run_id: str, *, easy_min: float = 1.0, hard_max: float = 0.0,
-                     group_size: int = DEFAULT_GROUP_SIZE) -> str:
+                     group_size: int = DEFAULT_GROUP_SIZE, relation: str | None = None) -> str:
     """SELECT over the `difficulty` view for one run, with the band and p_degenerate recomputed
-    for the given thresholds and group size (the view itself uses the paper's defaults)."""
+    for the given thresholds and group size (the view itself uses the paper's defaults).
+
+    `relation` names a table already holding the run's difficulty rows (`load_difficulty`) to read
+    instead of the view, which aggregates every rollout again.
+    """
     check_thresholds(easy_min, hard_max)
     if group_size < 1:
         from curate.errors import PebrError
 
         raise PebrError(f"group size must be at least 1 (got {group_size})")
     rid = run_id.replace("'", "''")
+    source = relation or f"difficulty WHERE run_id = '{rid}'"
     return (
         f"SELECT * REPLACE (band(k, n, easy_min := {float(easy_min)!r}, hard_max := {float(hard_max)!r}) AS band, "
-        f"p_degenerate(k, n, {int(group_size)}) AS p_degenerate) FROM difficulty WHERE run_id = '{rid}'"
+        f"p_degenerate(k, n, {int(group_size)}) AS p_degenerate) FROM {source}"
     )
+
+
+# -- the per-run difficulty cache --------------------------------------------------------------
+# A selection or report reads a few columns per sample; the view re-aggregates every rollout of the
+# run (2 M rollouts: ~0.4 s on 2 cores). Each run's difficulty rows are therefore kept as one
+# Parquet file under <store>/cache/difficulty/, named by a fingerprint of the run's rollout parts
+# (parts are immutable and uniquely named) and of the view's SQL. More rollouts of a resumed run, a
+# dropped part or a new definition give a new name, so a stale file is never read. The cache is
+# derived data: deleting the folder only costs one aggregation per run.
+
+CACHE_DIR = Path("cache") / "difficulty"
+_RUN_ROWS = (f"SELECT a.*, s.source, s.capability FROM ({_AGG.format(run_filter=' AND run_id = $run')}) a "
+             "LEFT JOIN samples s USING (sample_id)")
+"""A run's cached rows: the aggregates of the difficulty view, with each sample's source and
+capability (selections and reports group and filter by them without reading the samples); the
+derived columns are computed on reading, by the view's own expressions."""
+
+
+def cache_path(store, run_id: str) -> Path:
+    """Where the difficulty rows of `run_id` are cached for the run's current rollout parts."""
+    from curate.store import part_run
+
+    h = hashlib.sha256(f"{DIFFICULTY_SQL}\n{_RUN_ROWS}\n{run_id}".encode())
+    for part in sorted(store.table_dir("rollouts").glob("part-*.parquet")):
+        if part_run(part) == run_id:
+            h.update(f"\n{part.name}:{part.stat().st_size}".encode())
+    return store.root / CACHE_DIR / f"{run_id}.{h.hexdigest()[:16]}.parquet"
+
+
+def cache_difficulty(store, con, run_id: str) -> Path | None:
+    """Write the run's difficulty rows to the cache (atomically) unless present; drop the run's stale
+    files. Returns the file, or None where the store cannot be written (read-only copies)."""
+    path = cache_path(store, run_id)
+    if path.exists():
+        return path
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        con.execute(f"COPY ({_RUN_ROWS}) TO '{_sql_path(tmp)}' (FORMAT parquet, COMPRESSION zstd)", {"run": run_id})
+        os.replace(tmp, path)
+    except OSError:
+        return None
+    finally:
+        tmp.unlink(missing_ok=True)
+    for old in path.parent.glob(f"{run_id}.*.parquet"):
+        if old != path:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def load_difficulty(store, con, run_id: str, table: str = "run_difficulty") -> str:
+    """A relation (SQL FROM item) with the run's rows of the difficulty view plus `source` and
+    `capability`: the cached Parquet file
+    when it is fresh (written now if missing), else TEMP TABLE `table` aggregated from the rollouts.
+    For `difficulty_query(relation=...)`; a file relation reads only the columns a query needs."""
+    import duckdb
+
+    path = cache_difficulty(store, con, run_id)
+    if path is not None:
+        relation = f"read_parquet('{_sql_path(path)}')"
+        try:
+            con.execute(f"SELECT count(*) FROM {relation}").fetchall()
+            return f"({_from_agg(relation, ', source, capability')})"
+        except duckdb.IOException:
+            pass  # pruned by a writer meanwhile: aggregate instead
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {_from_agg(f'({_RUN_ROWS})', ', source, capability')}",
+                {"run": run_id})
+    return table
+
+
+def _sql_path(path: Path) -> str:
+    return path.as_posix().replace("'", "''")

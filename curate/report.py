@@ -14,7 +14,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from curate.difficulty import DEFAULT_GROUP_SIZE, STAGE_BANDS, difficulty_query, resolve_run
+from curate.difficulty import DEFAULT_GROUP_SIZE, STAGE_BANDS, difficulty_query, load_difficulty, resolve_run
 from curate.store import Store
 
 BANDS = ("easy", "medium", "hard")
@@ -70,7 +70,8 @@ def collect(store: Store, run: str | None = None, group_size: int = DEFAULT_GROU
     con = store.require().connect()
     try:
         run_id = resolve_run(con, run)
-        diff = difficulty_query(run_id, easy_min=easy_min, hard_max=hard_max, group_size=group_size)
+        diff = difficulty_query(run_id, easy_min=easy_min, hard_max=hard_max, group_size=group_size,
+                                relation=load_difficulty(store, con, run_id))
         rows = con.execute(
             "SELECT s.source, coalesce(s.capability, 'unknown'), d.band, d.k, d.n, count(*), sum(d.p_degenerate) "
             f"FROM samples s JOIN ({diff}) d USING (sample_id) GROUP BY ALL ORDER BY ALL"

@@ -3,7 +3,7 @@
 perception <- easy, reasoning <- medium, warmup <- hard; by default every sample of the band, as
 the reference does. Options narrow the band (sources, capabilities, SQL), balance it (coarse/fine
 mix, per-source quotas, a cap, dedup) with a seeded order, and the manifest records what was done.
-DuckDB does the selection; the export streams it (curate.export).
+DuckDB does the selection and writes the export (curate.export).
 """
 
 from __future__ import annotations
@@ -12,16 +12,18 @@ import datetime as dt
 import json
 import math
 import shutil
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from curate.difficulty import DEFAULT_GROUP_SIZE, STAGE_BANDS, difficulty_query, resolve_run
+from curate.difficulty import DEFAULT_GROUP_SIZE, STAGE_BANDS, difficulty_query, load_difficulty, resolve_run
 from curate.errors import PebrError
-from curate.export import (BATCH_ROWS, STAGE_SCHEMA, gold_response_sql, llamafactory_dataset_info,
-                           sha256_file, write_json_records, write_parquet)
+from curate.export import (BATCH_ROWS, IMAGE_MODES, STAGE_COLUMNS, gold_response_sql, images_sql,
+                           llamafactory_dataset_info, prompt_macro, prompt_sql, sha256_file,
+                           write_json_records, write_parquet)
 from curate.store import Store, code_version
 from rewards.prompt import PROMPT_TEMPLATE
-from schemas.tables import REWARD_COLUMNS
+from schemas import REWARD_COLUMNS
 
 FORMATS = ("parquet", "easyr1", "sharegpt")
 PARQUET_NAME = "train.parquet"
@@ -62,6 +64,9 @@ class SelectOptions:
     """A sample is hard when k <= hard_max * n (paper: 0.0, no rollout correct)."""
     group_size: int = DEFAULT_GROUP_SIZE
     """GRPO group size of the stage, for the predicted zero-advantage fraction."""
+    images: str = "path"
+    """How train.parquet holds images: path (absolute paths into the store's content-addressed image
+    folder; nothing copied) | embed (the bytes, for a self-contained file to move elsewhere)."""
     format: str = "parquet"
     """parquet (always written) | easyr1 (+ reference JSON and images) | sharegpt (+ LLaMA-Factory SFT JSON)."""
     template: str = PROMPT_TEMPLATE
@@ -95,6 +100,8 @@ class SelectReport:
 def _check(opts: SelectOptions) -> str:
     if opts.stage not in STAGE_BANDS:
         raise PebrError(f"unknown stage {opts.stage!r}; choose one of {', '.join(STAGE_BANDS)}")
+    if opts.images not in IMAGE_MODES:
+        raise PebrError(f"unknown images mode {opts.images!r}; choose one of {', '.join(IMAGE_MODES)}")
     if opts.format not in FORMATS:
         raise PebrError(f"unknown format {opts.format!r}; choose one of {', '.join(FORMATS)}")
     if opts.coarse_fine_mix is not None and not 0.0 <= opts.coarse_fine_mix <= 1.0:
@@ -136,21 +143,30 @@ def mix_targets(coarse: int, fine: int, mix: float) -> tuple[int, int]:
     return min(coarse, math.floor(total * mix + 0.5)), min(fine, math.floor(total * (1.0 - mix) + 0.5))
 
 
-def _selection(con, opts: SelectOptions, band: str, run_id: str) -> dict[str, int]:
-    """Build TEMP TABLE picked(sample_id, rank_key) step by step; returns rows left after each step."""
-    diff = difficulty_query(run_id, easy_min=opts.easy_min, hard_max=opts.hard_max, group_size=opts.group_size)
-    # Materialised once: a few columns per sample, while the view re-aggregates every rollout.
-    con.execute(f"CREATE OR REPLACE TEMP TABLE d AS {diff}")
+def _selection(store: Store, con, opts: SelectOptions, band: str, run_id: str) -> dict[str, int]:
+    """Build TEMP TABLE picked (sample_id, source, capability, the difficulty columns of the export,
+    rank_key, ord) step by step; returns rows left after each step."""
+    rows = load_difficulty(store, con, run_id)  # the run's cached difficulty rows, not every rollout
+    diff = difficulty_query(run_id, easy_min=opts.easy_min, hard_max=opts.hard_max, group_size=opts.group_size,
+                            relation=rows)
+    con.execute(f"CREATE OR REPLACE TEMP VIEW d AS {diff}")
     steps: dict[str, int] = {}
+    # Every difficulty row is a sample's: rollouts are matched to samples when they are written.
+    steps["band"] = con.execute("SELECT count(*) FROM d WHERE band = ?", [band]).fetchall()[0][0]
     conds = [f"d.band = '{band}'"]
-    steps["band"] = con.execute(f"SELECT count(*) FROM samples s JOIN d USING (sample_id) WHERE {conds[0]}").fetchall()[0][0]
     if opts.sources:
-        conds.append(f"s.source IN {_in_list(opts.sources)}")
+        conds.append(f"d.source IN {_in_list(opts.sources)}")
     if opts.capabilities:
-        conds.append(f"s.capability IN {_in_list(opts.capabilities)}")
+        conds.append(f"d.capability IN {_in_list(opts.capabilities)}")
     if opts.where:
         conds.append(f"({opts.where})")
     seed = str(int(opts.seed))
+    # The difficulty rows carry source and capability; the samples are read only when --where or
+    # --dedup may need their other columns.
+    source = "d"
+    if opts.where or opts.dedup:
+        source = "samples s JOIN (SELECT * EXCLUDE (source, capability) FROM d) d USING (sample_id)"
+        conds = [c.replace("d.source ", "s.source ").replace("d.capability ", "s.capability ") for c in conds]
     dedup = ""
     if opts.dedup:
         dedup = ("QUALIFY row_number() OVER (PARTITION BY md5(s.problem || chr(0) || array_to_string(s.images, chr(1))) "
@@ -158,12 +174,14 @@ def _selection(con, opts: SelectOptions, band: str, run_id: str) -> dict[str, in
     import duckdb
 
     try:
-        con.execute(f"""CREATE OR REPLACE TEMP TABLE cand AS
-            SELECT s.sample_id, s.source, s.capability, md5('{seed}:' || s.sample_id) AS rank_key
-            FROM samples s JOIN d USING (sample_id) WHERE {' AND '.join(conds)} {dedup}""")
+        # A view: the steps below read it once or twice, cheaper than materialising it.
+        con.execute(f"""CREATE OR REPLACE TEMP VIEW cand AS
+            SELECT sample_id, source, capability, n, k, pass_rate, band, p_degenerate,
+                md5_number('{seed}:' || sample_id) AS rank_key
+            FROM {source} WHERE {' AND '.join(conds)} {dedup}""")
+        steps["filters"] = con.execute("SELECT count(*) FROM cand").fetchall()[0][0]
     except duckdb.Error as exc:
         raise PebrError(f"selection failed: {str(exc).splitlines()[0]}") from None
-    steps["filters"] = con.execute("SELECT count(*) FROM cand").fetchall()[0][0]
     if opts.dedup:
         steps["dedup"] = steps.pop("filters")
 
@@ -180,37 +198,53 @@ def _selection(con, opts: SelectOptions, band: str, run_id: str) -> dict[str, in
         query = (f"SELECT * FROM ({query}) QUALIFY row_number() OVER (PARTITION BY source ORDER BY rank_key) <= "
                  f"CASE source {cases} ELSE 9e18 END")
         steps["quota"] = con.execute(f"SELECT count(*) FROM ({query})").fetchall()[0][0]
-    # An integer ordinal: the export sorts wide rows by it, cheaper than by the md5 text.
-    query = f"SELECT sample_id, rank_key, row_number() OVER (ORDER BY rank_key) AS ord FROM ({query}) ORDER BY rank_key"
+    # An integer ordinal: the export sorts wide rows by it, cheaper than by the 128-bit key.
+    query = f"SELECT *, row_number() OVER (ORDER BY rank_key) AS ord FROM ({query})"
     if opts.cap is not None:
-        query += f" LIMIT {int(opts.cap)}"
+        query = f"SELECT * FROM ({query}) WHERE ord <= {int(opts.cap)}"
     con.execute(f"CREATE OR REPLACE TEMP TABLE picked AS {query}")
     if opts.cap is not None:
         steps["cap"] = con.execute("SELECT count(*) FROM picked").fetchall()[0][0]
     return steps
 
 
-def _export_sql() -> str:
-    """The stage rows in STAGE_SCHEMA's columns but `prompt` (images still as store paths), in seeded order."""
+def _export_sql(store: Store, images: str, template: str) -> str:
+    """The stage rows (STAGE_COLUMNS) in seeded order; needs the `pebr_prompt` macro."""
     cols = {
-        "images": "s.images",
-        "answer": "s.answer",
-        "key_words": "s.key_words",
-        "sample_id": "s.sample_id",
-        "source": "s.source",
-        "capability": "s.capability",
-        "qid": "s.qid",
-        "problem": "s.problem",
-        "response": gold_response_sql("s.extra"),
-        "n": "d.n",
-        "k": "d.k",
-        "pass_rate": "d.pass_rate",
-        "band": "d.band",
-        "p_degenerate": "d.p_degenerate",
+        "prompt": prompt_sql("problem", "len(images_rel)", template),
+        "images": images_sql("images_rel", store.root, images),
+        "answer": "answer",
+        "key_words": "key_words",
+        "sample_id": "sample_id",
+        "source": "source",
+        "capability": "capability",
+        "qid": "qid",
+        "problem": "problem",
+        "response": gold_response_sql("extra"),
+        "n": "n",
+        "k": "k",
+        "pass_rate": "pass_rate",
+        "band": "band",
+        "p_degenerate": "p_degenerate",
     }
-    assert ["prompt", *cols] == STAGE_SCHEMA.names
+    assert tuple(cols) == STAGE_COLUMNS
     select = ", ".join(f"{expr} AS {name}" for name, expr in cols.items())
-    return f"SELECT {select} FROM picked p JOIN samples s USING (sample_id) JOIN d USING (sample_id) ORDER BY p.ord"
+    # Sorted first, then the prompt and image columns are built over the sorted rows: a narrower
+    # sort, and the projection runs in the parallel, order-keeping scan of the sorted result.
+    rows = ("SELECT s.sample_id, s.source, s.capability, s.qid, s.problem, s.answer, s.key_words, s.images AS images_rel, "
+            "s.extra, p.n, p.k, p.pass_rate, p.band, p.p_degenerate FROM picked p JOIN samples s USING (sample_id) "
+            "ORDER BY p.ord")
+    return f"SELECT {select} FROM ({rows})"
+
+
+def _record_rows(con) -> Iterator[dict]:
+    """The picked samples as dicts (images as store paths), in seeded order, for the JSON formats."""
+    cur = con.execute(f"SELECT s.*, {gold_response_sql('s.extra')} AS response, p.pass_rate "
+                      "FROM picked p JOIN samples s USING (sample_id) ORDER BY p.ord")
+    names = [c[0] for c in cur.description]
+    while batch := cur.fetchmany(BATCH_ROWS):
+        for values in batch:
+            yield dict(zip(names, values))
 
 
 def _perception_zero_std(con, run_id: str) -> float | None:
@@ -221,6 +255,9 @@ def _perception_zero_std(con, run_id: str) -> float | None:
     from rewards import RewardConfig, stage_weights
 
     weights = {k: w for k, w in stage_weights("perception", RewardConfig()).items() if w}
+    graded_any = " AND ".join(f"d.std_{name} IS NOT NULL" for name in weights)
+    if not con.execute(f"SELECT count(*) FROM picked JOIN d USING (sample_id) WHERE {graded_any}").fetchall()[0][0]:
+        return None  # the difficulty rows say so without a pass over the rollouts
     expr = " + ".join(f"{w!r} * coalesce(r.{name}, 0)" for name, w in weights.items())
     graded = " AND ".join(f"count(r.{name}) > 0" for name in weights)
     row = con.execute(
@@ -235,8 +272,8 @@ def _zero_advantage(con, group_size: int, stage: str, run_id: str) -> dict:
         f"avg(CASE WHEN d.std_{c} = 0 THEN 1.0 ELSE 0.0 END) FILTER (WHERE d.std_{c} IS NOT NULL) AS {c}" for c in REWARD_COLUMNS
     )
     row = con.execute(
-        f"SELECT avg(d.p_degenerate), avg(pow(d.pass_rate, {group_size}) + pow(1 - d.pass_rate, {group_size})), {stds} "
-        "FROM picked p JOIN d USING (sample_id)"
+        f"SELECT avg(p.p_degenerate), avg(pow(p.pass_rate, {group_size}) + pow(1 - p.pass_rate, {group_size})), {stds} "
+        f"FROM picked p LEFT JOIN (SELECT sample_id, {', '.join(f'std_{c}' for c in REWARD_COLUMNS)} FROM d) d USING (sample_id)"
     ).fetchall()[0]
     observed = {c: v for c, v in zip(REWARD_COLUMNS, row[2:]) if v is not None}
     note = ("accuracy_predicted: mean over the stage of P(all G accuracies equal) = E[p^G + (1-p)^G] under the "
@@ -277,7 +314,7 @@ def _rule(opts: SelectOptions, band: str) -> str:
         parts.append(f"cap {opts.cap}")
     if len(parts) == 1:
         parts.append("every sample of the band")
-    return "; ".join(parts) + f"; order md5('{opts.seed}:' || sample_id)"
+    return "; ".join(parts) + f"; order md5_number('{opts.seed}:' || sample_id)"
 
 
 def _prepare_out(out: Path, force: bool) -> None:
@@ -299,24 +336,23 @@ def select_stage(store: Store, opts: SelectOptions) -> SelectReport:
     con = store.connect()
     try:
         run_id = resolve_run(con, opts.run)
-        steps = _selection(con, opts, band, run_id)
+        steps = _selection(store, con, opts, band, run_id)
         _prepare_out(out, opts.force)
         files: dict[str, str] = {}
-        rows = write_parquet(_batches(con, _export_sql()), out / PARQUET_NAME, store.root, opts.template)
+        con.execute(prompt_macro())
+        rows = write_parquet(con, _export_sql(store, opts.images, opts.template), out / PARQUET_NAME, store.root, opts.images)
         files[PARQUET_NAME] = sha256_file(out / PARQUET_NAME)
         skipped = 0
         if opts.format != "parquet":
             name = f"{opts.format}/{'train' if opts.format == 'easyr1' else opts.stage}.json"
             (out / opts.format).mkdir(parents=True, exist_ok=True)
-            _, skipped = write_json_records(_batches(con, _export_sql()), out / name, opts.format,
-                                            store.root, opts.template)
+            _, skipped = write_json_records(_record_rows(con), out / name, opts.format, store.root, opts.template)
             files[name] = sha256_file(out / name)
             if opts.format == "sharegpt":
                 info = out / "sharegpt" / "dataset_info.json"
                 info.write_text(json.dumps(llamafactory_dataset_info(f"pebr_{opts.stage}", f"{opts.stage}.json"), indent=2) + "\n")
                 files["sharegpt/dataset_info.json"] = sha256_file(info)
-        counts = con.execute("SELECT s.source, s.capability, count(*) FROM picked JOIN samples s USING (sample_id) "
-                             "GROUP BY ALL ORDER BY ALL").fetchall()
+        counts = con.execute("SELECT source, capability, count(*) FROM picked GROUP BY ALL ORDER BY ALL").fetchall()
         by_source: dict[str, int] = {}
         by_cap: dict[str, int] = {}
         for src, cap, n in counts:
@@ -325,17 +361,15 @@ def select_stage(store: Store, opts: SelectOptions) -> SelectReport:
         zero = _zero_advantage(con, opts.group_size, opts.stage, run_id)
         cur = con.execute("SELECT * REPLACE (strftime(created_at, '%Y-%m-%dT%H:%M:%S%z') AS created_at) FROM runs WHERE run_id = ?", [run_id])
         run_row = dict(zip([c[0] for c in cur.description], cur.fetchall()[0]))
+        parquet = (out / PARQUET_NAME).as_posix().replace("'", "''")
+        schema = dict(con.execute(f"SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM read_parquet('{parquet}'))").fetchall())
     finally:
         con.close()
     report = SelectReport(out=out, stage=opts.stage, band=band, run_id=run_id, rows=rows, band_total=steps["band"],
                           by_source=by_source, by_capability=by_cap, zero_advantage=zero, files=files, steps=steps,
                           skipped_no_response=skipped)
-    report.manifest = _write_manifest(store, opts, report, run_row)
+    report.manifest = _write_manifest(store, opts, report, run_row, schema)
     return report
-
-
-def _batches(con, query: str):
-    yield from con.sql(query).to_arrow_reader(BATCH_ROWS)
 
 
 def _maybe_json(value):
@@ -345,7 +379,7 @@ def _maybe_json(value):
         return value
 
 
-def _write_manifest(store: Store, opts: SelectOptions, r: SelectReport, run_row: dict) -> Path:
+def _write_manifest(store: Store, opts: SelectOptions, r: SelectReport, run_row: dict, schema: dict) -> Path:
     options = asdict(opts)
     options["out"] = str(r.out)
     manifest = {
@@ -363,7 +397,9 @@ def _write_manifest(store: Store, opts: SelectOptions, r: SelectReport, run_row:
         "options": options,
         "files": {name: {"sha256": digest} for name, digest in r.files.items()},
         "skipped_no_response": r.skipped_no_response,
-        "schema": {f.name: str(f.type) for f in STAGE_SCHEMA},
+        "schema": schema,
+        "images": ("absolute paths into the store's image folder (datasets.Image decodes them from there)"
+                   if opts.images == "path" else "embedded bytes"),
         "load_with": f"datasets.load_dataset('parquet', data_files='{r.out / PARQUET_NAME}', split='train')",
         "pebr_version": code_version(),
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

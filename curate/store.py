@@ -5,6 +5,7 @@ Layout of a store directory::
     tables/<table>/part-<run_id>-<n>.parquet   immutable parts, renamed into place when complete
     images/<ab>/<sha256>.<ext>                 content-addressed copies of every ingested image
     catalog.duckdb                             views samples, rejects, rollouts, runs, difficulty
+    cache/difficulty/<run_id>.<fp>.parquet     each run's difficulty rows (derived; see curate.difficulty)
     .lock                                      held (flock) by the one writer; names its holder
 
 A part becomes visible only by an atomic rename, so readers never see half a file. Samples and
@@ -27,12 +28,15 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING
 
 from curate.errors import PebrError
-from schemas import TABLES, conform
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+# pyarrow is imported where a table is written or read, so that readers which only query through
+# DuckDB (`curate select`, `curate sql`) start without it.
 
 CATALOG = "catalog.duckdb"
 _EMPTY_PART = "part-empty.parquet"
@@ -74,6 +78,8 @@ class Store:
         return self
 
     def init(self) -> Store:
+        from schemas.tables import TABLES
+
         for name, schema in TABLES.items():
             d = self.table_dir(name)
             d.mkdir(parents=True, exist_ok=True)
@@ -127,10 +133,11 @@ class Store:
             raise RuntimeError("store writes need `with store.writing(...)`")
 
     def _drop_uncommitted(self) -> None:
-        committed = set(self.read("runs", columns=["run_id"]).column("run_id").to_pylist())
+        # A run is committed by its row in `runs`, whose part is named after it.
+        committed = {part_run(p) for p in self.table_dir("runs").glob("part-*.parquet")}
         for name in ("samples", "rejects", "rollouts"):
             for part in self.table_dir(name).glob("part-*.parquet"):
-                run = _part_run(part)
+                run = part_run(part)
                 if run and run not in committed:
                     part.unlink()
         for tmp in (self.root / "tables").glob("*/.*.tmp"):
@@ -139,6 +146,8 @@ class Store:
     # -- writing --------------------------------------------------------------------------
     def write(self, name: str, table: pa.Table, run_id: str) -> Path | None:
         """Validate `table` against the table's schema and add it as one new immutable part."""
+        from schemas.tables import TABLES, conform
+
         self._require_lock()
         if table.num_rows == 0:
             return None
@@ -155,10 +164,14 @@ class Store:
                "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
         for key, value in fields.items():
             row[key] = json.dumps(value, sort_keys=True, default=str) if isinstance(value, dict) else value
+        import pyarrow as pa
+
         self.write("runs", pa.Table.from_pylist([row]), run_id)
 
     @staticmethod
     def _write_atomic(path: Path, table: pa.Table) -> None:
+        import pyarrow.parquet as pq
+
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
         pq.write_table(table, tmp, compression="zstd")
         with open(tmp, "rb") as f:
@@ -183,6 +196,11 @@ class Store:
 
     def read(self, name: str, columns: list[str] | None = None) -> pa.Table:
         """The whole table as Arrow (small tables; use `connect()` and SQL for big ones)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from schemas.tables import TABLES
+
         parts = self.parts(name)
         if not parts:
             return TABLES[name].empty_table().select(columns or TABLES[name].names)
@@ -228,7 +246,7 @@ class Store:
             os.unlink(f"{tmp}.wal")
 
 
-def _part_run(part: Path) -> str | None:
+def part_run(part: Path) -> str | None:
     stem = part.stem  # part-<run_id>-<n>
     if not stem.startswith("part-") or stem == Path(_EMPTY_PART).stem:
         return None

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import importlib
 
-_TABLE_NAMES = {"DIFFICULTY_COLUMNS", "REJECTS", "REWARD_COLUMNS", "ROLLOUTS", "RUNS", "SAMPLES", "SCHEMA_VERSION",
+_TABLE_NAMES = {"DIFFICULTY_COLUMNS", "REJECTS", "ROLLOUTS", "RUNS", "SAMPLES", "SCHEMA_VERSION",
                 "TABLES", "SchemaError", "conform"}
 
-__all__ = sorted(_TABLE_NAMES)
+REWARD_COLUMNS = ("accuracy", "format", "keyword", "length", "clip", "overall")
+"""One float column per reward component in `rollouts` (and a mean and std of each in `difficulty`)."""
+
+__all__ = sorted(_TABLE_NAMES | {"REWARD_COLUMNS"})
 
 
 def __getattr__(name: str):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from schemas import REWARD_COLUMNS
+
 SCHEMA_VERSION = 1
 """Bumped whenever a column is added, removed or changes type."""
 
@@ -43,8 +45,6 @@ REJECTS = _schema(
         pa.field("raw", pa.string()),  # the record as read, when it could be read
     ],
 )
-
-REWARD_COLUMNS = ("accuracy", "format", "keyword", "length", "clip", "overall")
 
 ROLLOUTS = _schema(
     "rollouts",

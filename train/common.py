@@ -15,8 +15,13 @@ RUN_RECORD = "pebr_run.json"
 """Written into every output directory: what produced the model."""
 
 
-def load_vlm(model_dir: str | Path, min_pixels: int | None = None, max_pixels: int | None = None):
-    """A Hugging Face VLM and its processor from a local directory (float32 on CPU, bf16 on GPUs)."""
+def load_vlm(model_dir: str | Path, min_pixels: int | None = None, max_pixels: int | None = None, train: bool = False):
+    """A Hugging Face VLM and its processor from a local directory.
+
+    For inference: bf16 on GPUs that support it, else float32. For training (`train=True`): float32
+    weights, which the Trainer runs under bf16 autocast (`bf16=True`): mixed precision keeps fp32
+    master weights, since AdamW on bf16 weights loses updates as small as the paper's lr 1e-6 makes.
+    """
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -29,7 +34,7 @@ def load_vlm(model_dir: str | Path, min_pixels: int | None = None, max_pixels: i
         size = dict(getattr(image_processor, "size", None) or {})
         size.update({k: v for k, v in (("shortest_edge", min_pixels), ("longest_edge", max_pixels)) if v})
         image_processor.size = size
-    dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    dtype = torch.bfloat16 if not train and use_bf16(None) else torch.float32
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype)
     return model, processor
 

@@ -79,6 +79,9 @@ def _image(item, root: Path):
     if isinstance(item, str):
         p = Path(item)
         p = p if p.is_absolute() else root / p
+        if not p.is_file():
+            raise PebrError(f"image {p} not found (a stage dataset selected with `--images path` points into its store's "
+                            "image folder: keep the store in place, or select with `--images embed`)")
         with Image.open(p) as im:
             return im.convert("RGB")
     if hasattr(item, "convert"):

@@ -96,7 +96,7 @@ def run_stage(model_dir: Path, data: Path, out: Path, cfg: GRPOStageConfig, imag
         raise PebrError(f"GRPO stage must be perception or reasoning, not {cfg.stage!r}")
     set_seed(cfg.seed)
     dataset, report = load_rl(data, image_root)
-    model, processor = load_vlm(model_dir, cfg.min_pixels, cfg.max_pixels)
+    model, processor = load_vlm(model_dir, cfg.min_pixels, cfg.max_pixels, train=True)
     if cfg.freeze_vision:
         freeze_vision_tower(model)
     rcfg = RewardConfig(clip_model_path=cfg.clip_model_path, allow_remote_code=cfg.allow_remote_code)
@@ -128,7 +128,10 @@ def run_stage(model_dir: Path, data: Path, out: Path, cfg: GRPOStageConfig, imag
         num_iterations=1, reward_weights=weights, use_vllm=cfg.use_vllm, vllm_mode=cfg.vllm_mode,
         vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
         generation_kwargs={"suppress_tokens": vision_token_ids(processor)},
-        bf16=use_bf16(cfg.bf16), gradient_checkpointing=cfg.gradient_checkpointing, use_cpu=not cuda_available(),
+        bf16=use_bf16(cfg.bf16),
+        # The frozen KL reference needs no fp32 master copy: bf16 halves its memory.
+        model_init_kwargs={"dtype": "bfloat16"} if use_bf16(cfg.bf16) else None,
+        gradient_checkpointing=cfg.gradient_checkpointing, use_cpu=not cuda_available(),
         logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, save_total_limit=2,
         report_to=["tensorboard"], remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=True,
         log_completions=False,

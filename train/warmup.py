@@ -34,7 +34,7 @@ def run_warmup(model_dir: Path, data: Path, out: Path, cfg: WarmupConfig, image_
 
     set_seed(cfg.seed)
     dataset, report = load_sft(data, image_root)
-    model, processor = load_vlm(model_dir)
+    model, processor = load_vlm(model_dir, train=True)
     if cfg.freeze_vision:
         freeze_vision_tower(model)
     losses: list[float] = []

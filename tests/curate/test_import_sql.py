@@ -68,3 +68,41 @@ def test_sql_json_output(store):
     buf = io.StringIO()
     write_result(run_query(store, "select qid from samples order by qid"), "json", buf)
     assert json.loads(buf.getvalue()) == [{"qid": "q0"}, {"qid": "q1"}, {"qid": "q2"}]
+
+
+@pytest.mark.parametrize("block", [1, 2, 3, 7, 1 << 24])
+def test_count_lines_counts_non_empty_lines_across_blocks(tmp_path, block):
+    from curate.importer import count_lines
+
+    cases = [b"", b"\n", b"\n\n\n", b"a", b"a\n", b"a\nb", b"\na\n\n\nb\n", b"a\n\n", b'{"x": 1}\n\n{"y": 2}\n\n\n\n{"z"']
+    for i, data in enumerate(cases):
+        path = tmp_path / f"{i}.jsonl"
+        path.write_bytes(data)
+        expected = sum(1 for line in data.split(b"\n") if line)
+        assert count_lines(path, block=block) == expected, (data, block)
+
+
+def test_difficulty_cache_matches_the_view_and_follows_new_parts(tmp_path, store):
+    from curate.difficulty import cache_path, load_difficulty
+    from curate.store import part_run
+
+    lines = [{"qid": q, "response": "r", "ground_truth": "x", "score": {"accuracy": float(i < k)}}
+             for q, k in (("q0", 4), ("q1", 1)) for i in range(4)]
+    r = import_rollouts(store, write_jsonl(tmp_path / "a.jsonl", lines))
+    path = cache_path(store, r.run_id)
+    assert path.exists(), "import warms the run's cache"
+    con = store.connect()
+    view = con.execute(f"select d.*, s.source, s.capability from difficulty d join samples s using (sample_id) "
+                       f"where run_id = '{r.run_id}' order by sample_id").fetchall()
+    table = load_difficulty(store, con, r.run_id)
+    assert con.execute(f"select * from {table} order by sample_id").fetchall() == view
+    assert len(view) == 2 and view[0][-2:] == ("toy", None)  # the toy records name no capability
+    # A cache file is trusted only for the parts it was made from: a new part of the run changes its name.
+    part = next(p for p in store.table_dir("rollouts").glob("part-*.parquet") if part_run(p) == r.run_id)
+    extra = part.with_name(part.name.replace("-00000.", "-00001."))
+    extra.write_bytes(part.read_bytes())  # the same rollouts again: every n doubles
+    assert cache_path(store, r.run_id) != path
+    con = store.connect()
+    table = load_difficulty(store, con, r.run_id)
+    assert sorted(con.execute(f"select n, k from {table}").fetchall()) == [(8, 2), (8, 8)]
+    assert not path.exists(), "the stale file of the run is dropped"

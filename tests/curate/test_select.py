@@ -11,7 +11,7 @@ import pytest
 from conftest import make_image, record, write_jsonl
 
 from curate.errors import PebrError
-from curate.export import prompt_column
+from curate.export import prompt_macro, prompt_sql
 from curate.importer import import_rollouts
 from curate.ingest import IngestOptions, ingest
 from curate.select import SelectOptions, mix_targets, select_stage
@@ -113,6 +113,10 @@ def test_quotas_cap_and_seeds(tmp_path, mixed):
     capped = select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "cap", cap=7))
     assert _ids(capped.out / "train.parquet") == ids[:7] and capped.steps["cap"] == 7
     assert ids != sorted(ids)
+    import duckdb
+
+    keys = [duckdb.execute("SELECT md5_number(?)", [f"0:{i}"]).fetchone()[0] for i in ids]
+    assert keys == sorted(keys), "rows come in the order the manifest's rule states"
     assert select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "z", quota={"beta": 0})).by_source == {"alpha": 30}
 
 
@@ -136,21 +140,23 @@ def test_filters_mix_dedup_and_where(tmp_path, mixed):
 PROMPT_CASES = [
     ("How many <image> circles?", 1), ("<image>", 1), ("no mark at all", 2), ("<image><image> two", 2),
     ("x <image> y <image>", 1), ("end <image>", 3), ("it's {odd} 'quoted' <image>", 1), ("", 1), ("", 0), ("a<image>b", 0),
+    ("<image>first", 1), ("last<image>", 0), ("plain", 1), ("plain", 0), ("<image>", 0), ("two <image><image>", 1),
 ]
 
 
-@pytest.mark.parametrize("template", [PROMPT_TEMPLATE, "{problem}", "<image> first {problem} then"])
-def test_prompt_column_matches_build_messages(template):
-    import numpy as np
-    import pyarrow as pa
+@pytest.mark.parametrize("template", [PROMPT_TEMPLATE, "{problem}", "<image> first {problem} then", "it's {problem} 'q'", "{problem} end"])
+def test_prompt_macro_matches_build_messages(template):
+    import duckdb
 
-    col = prompt_column(pa.array([p for p, _ in PROMPT_CASES]), np.array([n for _, n in PROMPT_CASES]), template)
-    for (problem, n_images), got in zip(PROMPT_CASES, col.to_pylist(), strict=True):
-        got = [{"role": m["role"], "content": [{k: v for k, v in part.items() if v is not None} for part in m["content"]]} for m in got]
-        assert got == build_messages(problem, n_images, template)
-    # A slice (as a record batch hands over) gives the same rows.
-    sliced = prompt_column(pa.array([p for p, _ in PROMPT_CASES]).slice(3), np.array([n for _, n in PROMPT_CASES][3:]), template)
-    assert sliced.to_pylist() == col.to_pylist()[3:]
+    con = duckdb.connect()
+    con.execute(prompt_macro())
+    got = con.execute(f"SELECT {prompt_sql('p', 'n', template)} "
+                      "FROM (SELECT unnest(?) AS p, unnest(?) AS n, generate_subscripts(?, 1) AS i) ORDER BY i",
+                      [[p for p, _ in PROMPT_CASES], [n for _, n in PROMPT_CASES], [p for p, _ in PROMPT_CASES]]).fetchall()
+    for (problem, n_images), (messages,) in zip(PROMPT_CASES, got, strict=True):
+        messages = [{"role": m["role"], "content": [{k: v for k, v in part.items() if v is not None} for part in m["content"]]}
+                    for m in messages]
+        assert messages == build_messages(problem, n_images, template)
 
 
 def test_manifest_and_datasets_load(tmp_path, mixed):
@@ -178,6 +184,26 @@ def test_manifest_and_datasets_load(tmp_path, mixed):
     assert row["prompt"][0]["role"] == "user"
     assert [p["type"] for p in row["prompt"][0]["content"]].count("image") == 1
     assert row["answer"] == "3" and row["band"] == "easy" and row["key_words"] == ["circle"]
+
+
+def test_images_by_path_or_embedded(tmp_path, mixed):
+    datasets = pytest.importorskip("datasets")
+    by_path = select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "p", cap=6))
+    embedded = select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "e", cap=6, images="embed"))
+    a = pq.read_table(by_path.out / "train.parquet")
+    b = pq.read_table(embedded.out / "train.parquet")
+    assert [(f.name, f.type) for f in a.schema] == [(f.name, f.type) for f in b.schema]
+    assert a.schema.metadata == b.schema.metadata
+    assert a.drop_columns(["images"]).to_pylist() == b.drop_columns(["images"]).to_pylist()
+    for x, y in zip(a.column("images").to_pylist(), b.column("images").to_pylist(), strict=True):
+        assert x[0]["bytes"] is None and Path(x[0]["path"]).is_absolute()
+        assert y[0]["bytes"] == Path(x[0]["path"]).read_bytes() and y[0]["path"] == Path(x[0]["path"]).name
+    pa_, pb = (datasets.load_dataset("parquet", data_files=str(r.out / "train.parquet"), split="train") for r in (by_path, embedded))
+    assert [list(im.getdata()) for im in pa_[0]["images"]] == [list(im.getdata()) for im in pb[0]["images"]]
+    manifest = json.loads((embedded.out / "manifest.json").read_text())
+    assert manifest["options"]["images"] == "embed" and set(manifest["schema"]) == set(a.schema.names)
+    with pytest.raises(PebrError, match="images mode"):
+        select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "x", images="zip"))
 
 
 def test_easyr1_and_sharegpt_formats(tmp_path):
@@ -251,4 +277,4 @@ def test_export_trains_one_grpo_step(tmp_path, mixed):
                       logging_steps=1)
     trainer = GRPOTrainer(model=str(model), reward_funcs=reward, args=args, train_dataset=ds)
     trainer.train()
-    assert trainer.state.global_step == 1 and seen and set(seen) == {"3"}
+    assert trainer.state.global_step == 1 and seen and set(seen) <= set(ds["answer"])

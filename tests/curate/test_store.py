@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import multiprocessing as mp
-import time
 
 import pyarrow as pa
 import pytest

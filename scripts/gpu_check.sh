@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Run benchmarks/gpu_check.py on a lent GPU machine (no network), from the repo root:
+#
+#     bash scripts/gpu_check.sh [extra gpu_check.py args, e.g. --samples 32 --steps 2]
+#
+# Needs the wheels in .whl/ (carried: trl, datasets, dill, multiprocess, mathruler, pylatexenc); everything
+# else (torch, transformers, tokenizers, accelerate, huggingface_hub, pyarrow, ...) is the machine's own.
+# The big outputs (two 3B checkpoints, ~7 GB each) stay in $WORK on the machine's disk; only the log and
+# the small JSON results are copied to $OUT, so they come back.
+set -uo pipefail
+
+OUT=${OUT:-/tmp/gpu_out}
+WORK=${WORK:-/tmp/gpu}
+LIMIT=${GPU_CHECK_LIMIT_S:-450}   # gpu_check.py is stopped after this many seconds (results.json is per phase)
+mkdir -p "$OUT"
+rm -rf "$WORK"
+
+collect() {
+    cp -f "$WORK/results.json" "$OUT/results.json" 2>/dev/null || true
+    cp -f "$WORK/grpo/pebr_run.json" "$OUT/grpo_run.json" 2>/dev/null || true
+    cp -f "$WORK/grpo/signal.json" "$OUT/grpo_signal.json" 2>/dev/null || true
+}
+
+main() {
+t0=$(date +%s)
+echo "== install carried wheels ($(ls .whl/*.whl | wc -l) files)"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || { echo "wheel install FAILED"; return 2; }
+export PYTHONPATH=/tmp/site:$PWD
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
+export HF_HOME=/tmp/hf TOKENIZERS_PARALLELISM=false MPLBACKEND=Agg PYTHONUNBUFFERED=1
+
+echo "== machine"
+nvidia-smi -L || true
+python3 - <<'EOF'
+import sys, importlib.metadata as md
+from packaging.requirements import Requirement
+import torch, transformers, trl, datasets
+print("python", sys.version.split()[0], sys.executable)
+print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available(),
+      torch.cuda.get_device_name(0) if torch.cuda.is_available() else "-",
+      "bf16", torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+print("transformers", transformers.__version__, "trl", trl.__version__, "datasets", datasets.__version__)
+for n in ("accelerate", "huggingface_hub", "tokenizers", "safetensors", "numpy", "pyarrow", "pandas", "fsspec",
+          "tqdm", "peft", "pillow", "torchvision", "sympy", "dill", "multiprocess", "mathruler", "pylatexenc"):
+    try:
+        print(f"  {n} {md.version(n)}")
+    except md.PackageNotFoundError:
+        print(f"  {n} MISSING")
+# Every non-extra requirement of the carried wheels, against what this machine has.
+bad = 0
+for dist in ("trl", "datasets", "dill", "multiprocess", "mathruler", "pylatexenc"):
+    for r in md.requires(dist) or []:
+        req = Requirement(r)
+        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+            continue
+        try:
+            have = md.version(req.name)
+        except md.PackageNotFoundError:
+            have = None
+        if have is None or not req.specifier.contains(have, prereleases=True):
+            bad += 1
+            print(f"  REQ-MISMATCH {dist} needs {r}; machine has {have}")
+print("requirements of carried wheels:", "all met" if not bad else f"{bad} NOT met (see above)")
+EOF
+[ $? -eq 0 ] || { echo "version report FAILED"; return 4; }
+
+echo "== import smoke"
+python3 -c "import trl, datasets, train.grpo, curate.engines, curate.engines.hf, curate.synth, rewards, rewards.prompt, \
+train.config, train.tiny, train.common, train.data, mathruler.grader; from trl import GRPOConfig, GRPOTrainer; print('imports ok')" \
+    || { echo "import smoke FAILED"; return 3; }
+echo "setup took $(( $(date +%s) - t0 )) s"
+
+echo "== gpu_check (limit ${LIMIT}s): $*"
+rc=0
+timeout --signal=TERM --kill-after=20 "$LIMIT" \
+    python3 benchmarks/gpu_check.py --out "$WORK" --shape 3b "$@" || rc=$?
+nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv || true
+echo "gpu_check exit $rc; total $(( $(date +%s) - t0 )) s"
+return $rc
+}
+
+rc=0
+main "$@" 2>&1 | tee "$OUT/gpu_log.txt" || rc=$?
+collect
+exit $rc
