@@ -166,6 +166,16 @@ def cache_difficulty(store, con, run_id: str) -> Path | None:
     return path
 
 
+def warm_cache(store, run_id: str) -> Path | None:
+    """Write the run's cache file now (a run's writer calls this when it ends), so that the
+    selections and reports that follow start from it."""
+    con = store.connect()
+    try:
+        return cache_difficulty(store, con, run_id)
+    finally:
+        con.close()
+
+
 def load_difficulty(store, con, run_id: str, table: str = "run_difficulty") -> str:
     """A relation (SQL FROM item) with the run's rows of the difficulty view plus `source` and
     `capability`: the cached Parquet file

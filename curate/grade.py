@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from curate.difficulty import warm_cache
 from curate.errors import PebrError
 from curate.store import Store, new_run_id
 
@@ -104,4 +105,5 @@ def regrade(store: Store, run: str, cfg=None, batch: int = 4096, progress=None) 
         store.add_run(new_run, "regrade", model=src[1], engine=src[2], sampling=src[3], parent_run=run,
                       grader_version=GRADER_VERSION, config={"source_run": run})
     con.close()
+    warm_cache(store, new_run)
     return new_run, total

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from curate.difficulty import cache_difficulty
+from curate.difficulty import warm_cache
 from curate.errors import PebrError
 from curate.store import Store, new_run_id
 from schemas import ROLLOUTS
@@ -181,9 +181,5 @@ def _import(store: Store, path: Path, fmt: str, select: str, columns: dict, sour
             "correct_threshold": correct_threshold, "lines": lines, "rollouts": report.rollouts,
             "unreadable": report.unreadable, "unmatched_rollouts": report.unmatched_rollouts,
         }, grader_version=f"imported:{fmt}")
-        con = store.connect()
-        try:
-            cache_difficulty(store, con, run_id)  # so that every `curate select` of the run starts from it
-        finally:
-            con.close()
+        warm_cache(store, run_id)  # so that every `curate select` of the run starts from it
         return report

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from curate.difficulty import warm_cache
 from curate.engines.base import Completion, EngineOptions, Request, SamplingConfig, rollout_seed
 from curate.errors import PebrError
 from curate.store import Store
@@ -251,6 +252,7 @@ def score(store: Store, opts: ScoreOptions, progress: Callable[[int, int | None]
                 if progress:
                     progress(table.num_rows, None)
     report.seconds = time.monotonic() - started
+    warm_cache(store, run_id)  # selections and reports of the run read its difficulty from here
     return report
 
 
