@@ -174,9 +174,9 @@ def write_parquet(con, query: str, path: Path, store_root: Path, images: str = "
     tmp = _tmp(path)
     try:
         if images == "path":
-            con.execute(f"COPY ({query}) TO {sql_literal(tmp.as_posix())} "
-                        f"(FORMAT parquet, COMPRESSION zstd, KV_METADATA {{huggingface: {sql_literal(HF_FEATURES)}}})")
-            rows = con.execute(f"SELECT count(*) FROM read_parquet({sql_literal(tmp.as_posix())})").fetchall()[0][0]
+            rows = con.execute(f"COPY ({query}) TO {sql_literal(tmp.as_posix())} "
+                               f"(FORMAT parquet, COMPRESSION zstd, KV_METADATA {{huggingface: {sql_literal(HF_FEATURES)}}})"
+                               ).fetchall()[0][0]  # COPY answers with the rows it wrote
         else:
             rows = _write_embedded(con.sql(query).to_arrow_reader(BATCH_ROWS), tmp, store_root)
         os.replace(tmp, path)
