@@ -9,6 +9,8 @@ degenerate group of 8, and samples with different n (adaptive runs) are compared
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import hashlib
 import os
 import uuid
@@ -102,7 +104,7 @@ def difficulty_query(run_id: str, *, easy_min: float = 1.0, hard_max: float = 0.
     """SELECT over the `difficulty` view for one run, with the band and p_degenerate recomputed
     for the given thresholds and group size (the view itself uses the paper's defaults).
 
-    `relation` names a table already holding the run's difficulty rows (`load_difficulty`) to read
+    `relation` is a FROM item already holding the run's difficulty rows (`load_difficulty`), read
     instead of the view, which aggregates every rollout again.
     """
     check_thresholds(easy_min, hard_max)
@@ -148,6 +150,8 @@ def cache_path(store, run_id: str) -> Path:
 def cache_difficulty(store, con, run_id: str) -> Path | None:
     """Write the run's difficulty rows to the cache (atomically) unless present; drop the run's stale
     files. Returns the file, or None where the store cannot be written (read-only copies)."""
+    import duckdb
+
     path = cache_path(store, run_id)
     if path.exists():
         return path
@@ -156,11 +160,12 @@ def cache_difficulty(store, con, run_id: str) -> Path | None:
         path.parent.mkdir(parents=True, exist_ok=True)
         con.execute(f"COPY ({_RUN_ROWS}) TO '{_sql_path(tmp)}' (FORMAT parquet, COMPRESSION zstd)", {"run": run_id})
         os.replace(tmp, path)
-    except OSError:
+    except (OSError, duckdb.IOException):
         return None
     finally:
-        tmp.unlink(missing_ok=True)
-    for old in path.parent.glob(f"{run_id}.*.parquet"):
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+    for old in path.parent.glob(f"{glob.escape(run_id)}.*.parquet"):
         if old != path:
             old.unlink(missing_ok=True)
     return path
@@ -178,9 +183,9 @@ def warm_cache(store, run_id: str) -> Path | None:
 
 def load_difficulty(store, con, run_id: str, table: str = "run_difficulty") -> str:
     """A relation (SQL FROM item) with the run's rows of the difficulty view plus `source` and
-    `capability`: the cached Parquet file
-    when it is fresh (written now if missing), else TEMP TABLE `table` aggregated from the rollouts.
-    For `difficulty_query(relation=...)`; a file relation reads only the columns a query needs."""
+    `capability`: over the cached Parquet file when the store can hold it (written now if missing),
+    else TEMP TABLE `table` aggregated from the rollouts. For `difficulty_query(relation=...)`; over
+    the file, a query reads only the columns it needs."""
     import duckdb
 
     path = cache_difficulty(store, con, run_id)

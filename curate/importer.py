@@ -7,7 +7,8 @@ Formats:
   (an extra reward field such as ``uid`` or ``index``).
 
 DuckDB reads the file and writes Parquet; no Python loop touches a line. Lines DuckDB cannot parse
-(or that carry no question id) are counted against the file's line count and reported.
+(or that carry no question id) are counted against the file's records (its non-blank lines) and
+reported.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,29 +36,6 @@ class ImportReport:
     unmatched_rollouts: int = 0
     unmatched_qids: int = 0
     by_format: dict = field(default_factory=dict)
-
-
-def count_lines(path: Path, block: int = 1 << 24) -> int:
-    """Non-empty lines of the file (the records it holds), counted in blocks (16 MiB).
-
-    bytes.count does the work; only a block holding an empty line (two newlines in a row, rare in a
-    dump) is looked at closely, with numpy.
-    """
-    lines = blank = 0
-    prev_newline = True  # the file start behaves like a line end: a leading newline is a blank line
-    last = b"\n"
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(block), b""):
-            lines += chunk.count(b"\n")
-            blank += int(prev_newline and chunk[:1] == b"\n")
-            if b"\n\n" in chunk:
-                import numpy as np
-
-                nl = np.frombuffer(chunk, dtype=np.uint8) == 10
-                blank += int((nl[1:] & nl[:-1]).sum())
-            prev_newline = chunk[-1:] == b"\n"
-            last = chunk[-1:]
-    return lines - blank + (last != b"\n")
 
 
 def _sniff(path: Path) -> str:
@@ -111,18 +88,11 @@ def import_rollouts(store: Store, path: Path, source: str | None = None, fmt: st
         raise PebrError(f"{path}: no such file")
     fmt = fmt or _sniff(path)
     select, columns = _select_sql(fmt, qid_field, correct_threshold)
-    # The line count reads the file beside DuckDB's parse (which releases the GIL), from the same
-    # page cache, instead of in a pass of its own.
-    counting = ThreadPoolExecutor(1)
-    lines_future = counting.submit(count_lines, path)
-    try:
-        return _import(store, path, fmt, select, columns, source, qid_field, correct_threshold, lines_future)
-    finally:
-        counting.shutdown(wait=True)
+    return _import(store, path, fmt, select, columns, source, qid_field, correct_threshold)
 
 
 def _import(store: Store, path: Path, fmt: str, select: str, columns: dict, source: str | None, qid_field: str | None,
-            correct_threshold: float, lines_future) -> ImportReport:
+            correct_threshold: float) -> ImportReport:
     with store.writing(f"curate import-rollouts {path.name}"):
         run_id = new_run_id("import")
         con = store.connect()
@@ -130,10 +100,9 @@ def _import(store: Store, path: Path, fmt: str, select: str, columns: dict, sour
         con.execute("SET memory_limit = '640MB'")
         src = path.as_posix().replace("'", "''")
         cols = "{" + ", ".join(f"'{k}': '{v}'" for k, v in columns.items()) + "}"
-        con.execute(
-            f"CREATE TEMP VIEW dump AS {select} FROM read_json('{src}', format = 'newline_delimited', "
-            f"columns = {cols}, ignore_errors = true, maximum_object_size = 67108864) WITH ORDINALITY"
-        )
+        reader = (f"read_json('{src}', format = 'newline_delimited', columns = {cols}, ignore_errors = true, "
+                  "maximum_object_size = 67108864)")
+        con.execute(f"CREATE TEMP VIEW dump AS {select} FROM {reader} WITH ORDINALITY")
         source_filter = "WHERE source = ?" if source else ""
         params = [source] if source else []
         con.execute(
@@ -168,8 +137,9 @@ def _import(store: Store, path: Path, fmt: str, select: str, columns: dict, sour
                    count(DISTINCT qid) FILTER (WHERE sample_id IS NULL)
             FROM read_parquet('{tmp.as_posix()}')
         """).fetchone()
+        # Every non-blank line is one record of the reader: a line it cannot parse is a row of NULLs.
+        lines = con.execute(f"SELECT count(*) FROM {reader}").fetchone()[0]
         con.close()
-        lines = lines_future.result()
         report = ImportReport(run_id=run_id, lines=lines, rollouts=stats[0], unreadable=lines - stats[0],
                               unmatched_rollouts=stats[1], unmatched_qids=stats[2], by_format={fmt: stats[0]})
         if report.rollouts == 0:

@@ -70,16 +70,17 @@ def test_sql_json_output(store):
     assert json.loads(buf.getvalue()) == [{"qid": "q0"}, {"qid": "q1"}, {"qid": "q2"}]
 
 
-@pytest.mark.parametrize("block", [1, 2, 3, 7, 1 << 24])
-def test_count_lines_counts_non_empty_lines_across_blocks(tmp_path, block):
-    from curate.importer import count_lines
-
-    cases = [b"", b"\n", b"\n\n\n", b"a", b"a\n", b"a\nb", b"\na\n\n\nb\n", b"a\n\n", b'{"x": 1}\n\n{"y": 2}\n\n\n\n{"z"']
-    for i, data in enumerate(cases):
-        path = tmp_path / f"{i}.jsonl"
-        path.write_bytes(data)
-        expected = sum(1 for line in data.split(b"\n") if line)
-        assert count_lines(path, block=block) == expected, (data, block)
+def test_every_non_blank_line_is_accounted_for(tmp_path, store):
+    good = [json.dumps({"qid": f"q{i}", "response": "r", "ground_truth": "x", "score": {"accuracy": 1.0}}) for i in range(3)]
+    lines = [good[0], "", "   ", good[1], "{broken", "[1, 2]", "42", json.dumps({"response": "no qid"}), good[2],
+             '{"qid": "q0", "response": "cut off']
+    path = tmp_path / "dump.jsonl"
+    path.write_text("\n".join(lines))  # no newline after the truncated last record
+    r = import_rollouts(store, path)
+    # 8 records (blank and whitespace-only lines hold none): 3 rollouts, 5 unreadable.
+    assert (r.lines, r.rollouts, r.unreadable) == (8, 3, 5)
+    got = store.connect().execute("select rollout_idx, qid from rollouts order by 1").fetchall()
+    assert got == [(0, "q0"), (1, "q1"), (6, "q2")]  # positions among the records
 
 
 def test_difficulty_cache_matches_the_view_and_follows_new_parts(tmp_path, store):
@@ -106,3 +107,18 @@ def test_difficulty_cache_matches_the_view_and_follows_new_parts(tmp_path, store
     table = load_difficulty(store, con, r.run_id)
     assert sorted(con.execute(f"select n, k from {table}").fetchall()) == [(8, 2), (8, 8)]
     assert not path.exists(), "the stale file of the run is dropped"
+
+
+def test_selection_works_where_the_cache_cannot_be_written(tmp_path, store):
+    import shutil
+
+    from curate.select import SelectOptions, select_stage
+
+    lines = [{"qid": q, "response": "r", "ground_truth": "x", "score": {"accuracy": float(i < k)}}
+             for q, k in (("q0", 4), ("q1", 1), ("q2", 0)) for i in range(4)]
+    import_rollouts(store, write_jsonl(tmp_path / "a.jsonl", lines))
+    shutil.rmtree(store.root / "cache")
+    (store.root / "cache").write_text("not a folder")  # as unwritable as it gets for root
+    got = {stage: select_stage(store, SelectOptions(stage=stage, out=tmp_path / stage)).rows
+           for stage in ("perception", "reasoning", "warmup")}
+    assert got == {"perception": 1, "reasoning": 1, "warmup": 1}
