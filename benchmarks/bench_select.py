@@ -155,8 +155,11 @@ def run(questions: int = 250_000, work: Path | None = None, results: Path | None
         shutil.rmtree(work / leftover, ignore_errors=True)
     try:
         t0 = time.perf_counter()
-        expected = generate(work, questions)
-        ingest_samples(work / "store", questions)
+        # Set up in a child process: a child forked from a big parent would report the parent's pages
+        # in its peak RSS, so this process stays small.
+        out = subprocess.run([sys.executable, __file__, "--prepare", str(work), "--questions", str(questions)],
+                             capture_output=True, text=True, check=True, cwd=REPO).stdout
+        expected = json.loads(out.strip().splitlines()[-1])
         setup_s = time.perf_counter() - t0
         ref_s, ref_rss, ref_out = _timed([sys.executable, str(REPO / "benchmarks" / "reference_split.py"),
                                           str(work / "rollout_results.jsonl"), str(work / "data.json"), str(work / "ref")], dict(os.environ))
@@ -217,6 +220,12 @@ if __name__ == "__main__":
     ap.add_argument("--questions", type=int, default=250_000)
     ap.add_argument("--dir", type=Path, default=None, help="work folder to keep (default: a temporary one, removed)")
     ap.add_argument("--results", type=Path, default=None, help="write the figures as JSON here")
+    ap.add_argument("--prepare", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.prepare:  # the set-up step run() starts in a child process
+        counts = generate(args.prepare, args.questions)
+        ingest_samples(args.prepare / "store", args.questions)
+        print(json.dumps(counts))
+        sys.exit(0)
     rep = run(args.questions, args.dir, args.results)
     sys.exit(0 if all(rep["targets_met"].values()) else 1)
