@@ -1,7 +1,7 @@
 """Write a selected stage as files trainers read directly: Parquet for TRL / `datasets`, and the
 reference JSON (EasyR1/verl) or ShareGPT (LLaMA-Factory warm-up SFT) next to it.
 
-DuckDB builds every column, the chat prompt included (the `pebr_prompt` macro, equal row by row to
+DuckDB builds every column, the chat prompt included (`prompt_sql`, equal row by row to
 `rewards.prompt.build_messages`), and writes the Parquet file itself. Images are referenced by
 their absolute path in the store's content-addressed image folder (``--images path``: nothing is
 copied) or embedded as bytes (``--images embed``: a self-contained file; Arrow batches stream
