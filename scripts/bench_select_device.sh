@@ -6,7 +6,9 @@
 # Needs the wheels in .whl/ (carried: duckdb and typer for the machine's Python; the rest of what
 # `curate select` imports, pyarrow, numpy, rich, pillow, is the machine's own). Installs the project
 # without dependencies so that the `curate` CLI runs exactly as a user's would, then writes the
-# figures to $OUT/bench_select.json and the log to $OUT/bench_select_log.txt.
+# figures to $OUT/bench_select.json and the log to $OUT/bench_select_log.txt. Fetch the wheels with
+#     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl duckdb==2.0.1 typer==0.28.0
 set -uo pipefail
 OUT=${OUT:-/tmp/bench_out}
 mkdir -p "$OUT"

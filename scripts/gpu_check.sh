@@ -5,6 +5,10 @@
 #
 # Needs the wheels in .whl/ (carried: trl, datasets, dill, multiprocess, mathruler, pylatexenc); everything
 # else (torch, transformers, tokenizers, accelerate, huggingface_hub, pyarrow, ...) is the machine's own.
+# Fetch them where pip works, for the target's Python (3.12 on the machines this was run on):
+#     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl \
+#         trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 mathruler==0.1.0 pylatexenc==2.11
 # The big outputs (two 3B checkpoints, ~7 GB each) stay in $WORK on the machine's disk; only the log and
 # the small JSON results are copied to $OUT, so they come back.
 set -uo pipefail

@@ -115,3 +115,13 @@ def test_recipes_parse_and_overrides_apply():
 
     with pytest.raises(PebrError, match="unknown setting"):
         stage_config("reasoning", {}, {"betta": 1})
+
+
+def test_a_missing_image_is_one_clear_error(tmp_path):
+    from schemas.errors import PebrError
+    from train.data import load_rl
+
+    rec = {"problem": "<image>How many?", "answer": "3", "images": [{"bytes": None, "path": str(tmp_path / "gone.png")}]}
+    (tmp_path / "d.jsonl").write_text(json.dumps(rec) + "\n")
+    with pytest.raises(PebrError, match="gone.png not found"):
+        load_rl(tmp_path / "d.jsonl")
