@@ -13,6 +13,7 @@ import contextlib
 import glob
 import hashlib
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -129,6 +130,8 @@ def difficulty_query(run_id: str, *, easy_min: float = 1.0, hard_max: float = 0.
 # derived data: deleting the folder only costs one aggregation per run.
 
 CACHE_DIR = Path("cache") / "difficulty"
+STALE_CACHE_S = 600
+"""A superseded cache file is removed once it is this old (seconds)."""
 _RUN_ROWS = (f"SELECT a.*, s.source, s.capability FROM ({_AGG.format(run_filter=' AND run_id = $run')}) a "
              "LEFT JOIN samples s USING (sample_id)")
 """A run's cached rows: the aggregates of the difficulty view, with each sample's source and
@@ -148,11 +151,17 @@ def cache_path(store, run_id: str) -> Path:
 
 
 def cache_difficulty(store, con, run_id: str) -> Path | None:
-    """Write the run's difficulty rows to the cache (atomically) unless present; drop the run's stale
-    files. Returns the file, or None where the store cannot be written (read-only copies)."""
+    """Write the run's difficulty rows to the cache (atomically) unless present; remove the run's
+    superseded files once they are STALE_CACHE_S old. Returns the file, or None where the store
+    cannot be written (read-only copies)."""
     import duckdb
 
     path = cache_path(store, run_id)
+    # Files of the run's earlier parts go once no reader can still be between naming and reading one.
+    for old in path.parent.glob(f"{glob.escape(run_id)}.*.parquet"):
+        with contextlib.suppress(OSError):
+            if old != path and time.time() - old.stat().st_mtime > STALE_CACHE_S:
+                old.unlink()
     if path.exists():
         return path
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
@@ -165,9 +174,6 @@ def cache_difficulty(store, con, run_id: str) -> Path | None:
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-    for old in path.parent.glob(f"{glob.escape(run_id)}.*.parquet"):
-        if old != path:
-            old.unlink(missing_ok=True)
     return path
 
 

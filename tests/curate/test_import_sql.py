@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from conftest import make_image, record, write_jsonl
@@ -106,6 +107,10 @@ def test_difficulty_cache_matches_the_view_and_follows_new_parts(tmp_path, store
     con = store.connect()
     table = load_difficulty(store, con, r.run_id)
     assert sorted(con.execute(f"select n, k from {table}").fetchall()) == [(8, 2), (8, 8)]
+    # A superseded file stays while a reader may still be about to open it, then goes.
+    assert path.exists()
+    os.utime(path, (0, 0))
+    load_difficulty(store, store.connect(), r.run_id)
     assert not path.exists(), "the stale file of the run is dropped"
 
 
