@@ -151,15 +151,21 @@ def run(questions: int = 250_000, work: Path | None = None, results: Path | None
     own = work is None
     work = Path(work or tempfile.mkdtemp(prefix="pebr-bench-"))
     work.mkdir(parents=True, exist_ok=True)
+    marker = work / ".pebr-bench"
+    if any(work.iterdir()) and not marker.exists():
+        raise SystemExit(f"{work} is not empty and was not made by this benchmark; pass an empty or new --dir")
+    marker.touch()
     for leftover in ("store", "out", "ref"):  # a kept --dir starts over
         shutil.rmtree(work / leftover, ignore_errors=True)
     try:
         t0 = time.perf_counter()
         # Set up in a child process: a child forked from a big parent would report the parent's pages
         # in its peak RSS, so this process stays small.
-        out = subprocess.run([sys.executable, __file__, "--prepare", str(work), "--questions", str(questions)],
-                             capture_output=True, text=True, check=True, cwd=REPO).stdout
-        expected = json.loads(out.strip().splitlines()[-1])
+        prep = subprocess.run([sys.executable, __file__, "--prepare", str(work), "--questions", str(questions)],
+                              capture_output=True, text=True, cwd=REPO)
+        if prep.returncode:
+            raise RuntimeError(f"benchmark set-up failed ({prep.returncode}):\n{prep.stderr[-3000:]}")
+        expected = json.loads(prep.stdout.strip().splitlines()[-1])
         setup_s = time.perf_counter() - t0
         ref_s, ref_rss, ref_out = _timed([sys.executable, str(REPO / "benchmarks" / "reference_split.py"),
                                           str(work / "rollout_results.jsonl"), str(work / "data.json"), str(work / "ref")], dict(os.environ))

@@ -131,7 +131,7 @@ def difficulty_query(run_id: str, *, easy_min: float = 1.0, hard_max: float = 0.
 
 CACHE_DIR = Path("cache") / "difficulty"
 STALE_CACHE_S = 600
-"""A superseded cache file is removed once it is this old (seconds)."""
+"""A superseded cache file is removed once its replacement is this old (seconds)."""
 _RUN_ROWS = (f"SELECT a.*, s.source, s.capability FROM ({_AGG.format(run_filter=' AND run_id = $run')}) a "
              "LEFT JOIN samples s USING (sample_id)")
 """A run's cached rows: the aggregates of the difficulty view, with each sample's source and
@@ -151,18 +151,13 @@ def cache_path(store, run_id: str) -> Path:
 
 
 def cache_difficulty(store, con, run_id: str) -> Path | None:
-    """Write the run's difficulty rows to the cache (atomically) unless present; remove the run's
-    superseded files once they are STALE_CACHE_S old. Returns the file, or None where the store
-    cannot be written (read-only copies)."""
+    """Write the run's difficulty rows to the cache (atomically) unless present, and prune the run's
+    superseded files (`_prune`). Returns the file, or None where the store cannot be written."""
     import duckdb
 
     path = cache_path(store, run_id)
-    # Files of the run's earlier parts go once no reader can still be between naming and reading one.
-    for old in path.parent.glob(f"{glob.escape(run_id)}.*.parquet"):
-        with contextlib.suppress(OSError):
-            if old != path and time.time() - old.stat().st_mtime > STALE_CACHE_S:
-                old.unlink()
     if path.exists():
+        _prune(path, run_id)
         return path
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
@@ -177,14 +172,31 @@ def cache_difficulty(store, con, run_id: str) -> Path | None:
     return path
 
 
+def _prune(current: Path, run_id: str) -> None:
+    """Remove the run's superseded cache files once `current` has replaced them for STALE_CACHE_S:
+    a reader that named an older file just before stays able to read it."""
+    with contextlib.suppress(OSError):
+        if time.time() - current.stat().st_mtime < STALE_CACHE_S:
+            return
+        for old in current.parent.glob(f"{glob.escape(run_id)}.*.parquet"):
+            if old != current:
+                old.unlink(missing_ok=True)
+
+
 def warm_cache(store, run_id: str) -> Path | None:
     """Write the run's cache file now (a run's writer calls this when it ends), so that the
-    selections and reports that follow start from it."""
-    con = store.connect()
+    selections and reports that follow start from it. Only a speed-up: a failure here leaves the
+    run as it is, and the next reader aggregates instead."""
+    import duckdb
+
     try:
-        return cache_difficulty(store, con, run_id)
-    finally:
-        con.close()
+        con = store.connect()
+        try:
+            return cache_difficulty(store, con, run_id)
+        finally:
+            con.close()
+    except (OSError, duckdb.Error):
+        return None
 
 
 def load_difficulty(store, con, run_id: str, table: str = "run_difficulty") -> str:

@@ -71,9 +71,13 @@ def prompt_sql(problem: str, n_images: str, template: str = PROMPT_TEMPLATE) -> 
     """
     general = f"pebr_prompt({prompt_pieces_sql(problem, template)}, {n_images})"
     prefix, suffix = _template_parts(template)
-    if IMAGE_PLACEHOLDER in prefix + suffix:
+    mark = IMAGE_PLACEHOLDER
+    # The fast shapes count marks in the problem alone: a template that holds a mark, or could
+    # complete one across its border with the problem, always takes the general path.
+    straddles = any(prefix.endswith(mark[:i]) or suffix.startswith(mark[i:]) for i in range(1, len(mark)))
+    if mark in prefix + suffix or straddles:
         return general
-    pre, suf, mark = sql_literal(prefix), sql_literal(suffix), sql_literal(IMAGE_PLACEHOLDER)
+    pre, suf, mark = sql_literal(prefix), sql_literal(suffix), sql_literal(mark)
     image = "{'type': 'image', 'text': NULL::VARCHAR}"
 
     def text(expr: str) -> str:
@@ -124,7 +128,7 @@ class ImageReader:
         if hit is not None:
             self.cache.move_to_end(rel)
             return hit
-        data = (self.root / rel).read_bytes()
+        data = _read_store_file(self.root, rel)
         self.cache[rel] = data
         self.size += len(data)
         while self.size > self.budget and len(self.cache) > 1:
@@ -152,6 +156,15 @@ class ImageReader:
         if offsets[0].as_py() != 0:
             offsets = pc.subtract(offsets, offsets[0])
         return pa.ListArray.from_arrays(offsets, structs)
+
+
+def _read_store_file(root: Path, rel: str) -> bytes:
+    try:
+        return (Path(root) / rel).read_bytes()
+    except FileNotFoundError:
+        from curate.errors import PebrError
+
+        raise PebrError(f"image {rel} is missing from the store at {root} (was the store's images/ folder changed?)") from None
 
 
 def sha256_file(path: Path) -> str:
@@ -218,7 +231,7 @@ def _copy_image(store_root: Path, rel: str, image_dir: Path) -> str:
             os.link(src, dest)
         except OSError:
             tmp = _tmp(dest)
-            tmp.write_bytes(src.read_bytes())
+            tmp.write_bytes(_read_store_file(store_root, rel))
             os.replace(tmp, dest)
     return f"{image_dir.name}/{dest.name}"
 

@@ -58,8 +58,8 @@ def _sniff(path: Path) -> str:
     raise PebrError(f"{path}: unknown rollout format (keys {sorted(first)}); expected PeBR/EasyR1 or verl dumps")
 
 
-# An imported rollout's index is its position among the dump's readable records: unique within the
-# run and traceable to the file, with no window function over the whole dump.
+# An imported rollout's index is its position among the dump's records (unreadable ones take a number
+# too): unique within the run and traceable to the file, with no window function over the whole dump.
 _ORDINAL = "CAST(ordinality - 1 AS INTEGER) AS position"
 
 
@@ -98,11 +98,16 @@ def _import(store: Store, path: Path, fmt: str, select: str, columns: dict, sour
         con = store.connect()
         con.execute("SET preserve_insertion_order = false")
         con.execute("SET memory_limit = '640MB'")
-        src = path.as_posix().replace("'", "''")
+        src = _sql_path(path)
         cols = "{" + ", ".join(f"'{k}': '{v}'" for k, v in columns.items()) + "}"
         reader = (f"read_json('{src}', format = 'newline_delimited', columns = {cols}, ignore_errors = true, "
                   "maximum_object_size = 67108864)")
-        con.execute(f"CREATE TEMP VIEW dump AS {select} FROM {reader} WITH ORDINALITY")
+        # Every non-blank line is one record of the reader (a line it cannot parse is a row of NULLs).
+        # Counted first, and the import keeps to those records: a dump still being appended to is
+        # imported, and accounted for, as it was at this moment.
+        lines = con.execute(f"SELECT count(*) FROM {reader}").fetchone()[0]
+        con.execute(f"CREATE TEMP VIEW dump AS SELECT * FROM ({select} FROM {reader} WITH ORDINALITY) "
+                    f"WHERE position < {int(lines)}")
         source_filter = "WHERE source = ?" if source else ""
         params = [source] if source else []
         con.execute(
@@ -125,7 +130,7 @@ def _import(store: Store, path: Path, fmt: str, select: str, columns: dict, sour
                 d.accuracy AS overall, d.correct
               FROM dump d LEFT JOIN qmap m USING (qid)
               WHERE d.qid IS NOT NULL
-            ) TO '{tmp.as_posix()}' (FORMAT parquet, COMPRESSION zstd)
+            ) TO '{_sql_path(tmp)}' (FORMAT parquet, COMPRESSION zstd)
         """)
         written = pq.read_schema(tmp)
         expected = ROLLOUTS.remove_metadata()
@@ -135,10 +140,8 @@ def _import(store: Store, path: Path, fmt: str, select: str, columns: dict, sour
         stats = con.execute(f"""
             SELECT count(*), count(*) FILTER (WHERE sample_id IS NULL),
                    count(DISTINCT qid) FILTER (WHERE sample_id IS NULL)
-            FROM read_parquet('{tmp.as_posix()}')
+            FROM read_parquet('{_sql_path(tmp)}')
         """).fetchone()
-        # Every non-blank line is one record of the reader: a line it cannot parse is a row of NULLs.
-        lines = con.execute(f"SELECT count(*) FROM {reader}").fetchone()[0]
         con.close()
         report = ImportReport(run_id=run_id, lines=lines, rollouts=stats[0], unreadable=lines - stats[0],
                               unmatched_rollouts=stats[1], unmatched_qids=stats[2], by_format={fmt: stats[0]})
@@ -153,3 +156,7 @@ def _import(store: Store, path: Path, fmt: str, select: str, columns: dict, sour
         }, grader_version=f"imported:{fmt}")
         warm_cache(store, run_id)  # so that every `curate select` of the run starts from it
         return report
+
+
+def _sql_path(path: Path) -> str:
+    return path.as_posix().replace("'", "''")

@@ -111,8 +111,13 @@ def _check(opts: SelectOptions) -> str:
     for src, q in opts.quota.items():
         if q < 0:
             raise PebrError(f"quota for {src!r} must be >= 0 (got {q})")
-    if "{problem}" not in opts.template:
-        raise PebrError("the prompt template must contain {problem}")
+    sentinel = "\x00PEBR\x00"
+    try:
+        filled = opts.template.format(problem=sentinel)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise PebrError(f"the prompt template does not format with only {{problem}}: {exc!r}") from None
+    if filled.count(sentinel) != 1:
+        raise PebrError("the prompt template must contain {problem} exactly once (write literal braces as {{ and }})")
     if opts.where is not None:
         import duckdb
 
@@ -333,10 +338,22 @@ def select_stage(store: Store, opts: SelectOptions) -> SelectReport:
     band = _check(opts)
     store.require()
     out = Path(opts.out).absolute()
+    if not opts.force and ((out / MANIFEST_NAME).exists() or (out / PARQUET_NAME).exists()):
+        raise PebrError(f"{out} already holds a stage dataset; pass --force to replace it")
     con = store.connect()
     try:
         run_id = resolve_run(con, opts.run)
         steps = _selection(store, con, opts, band, run_id)
+        # Everything the manifest needs from the store is read before the output folder is touched.
+        counts = con.execute("SELECT source, capability, count(*) FROM picked GROUP BY ALL ORDER BY ALL").fetchall()
+        by_source: dict[str, int] = {}
+        by_cap: dict[str, int] = {}
+        for src, cap, n in counts:
+            by_source[src] = by_source.get(src, 0) + n
+            by_cap[cap or "unknown"] = by_cap.get(cap or "unknown", 0) + n
+        zero = _zero_advantage(con, opts.group_size, opts.stage, run_id)
+        cur = con.execute("SELECT * REPLACE (strftime(created_at, '%Y-%m-%dT%H:%M:%S%z') AS created_at) FROM runs WHERE run_id = ?", [run_id])
+        run_row = dict(zip([c[0] for c in cur.description], cur.fetchall()[0]))
         _prepare_out(out, opts.force)
         files: dict[str, str] = {}
         con.execute(prompt_macro())
@@ -352,15 +369,6 @@ def select_stage(store: Store, opts: SelectOptions) -> SelectReport:
                 info = out / "sharegpt" / "dataset_info.json"
                 info.write_text(json.dumps(llamafactory_dataset_info(f"pebr_{opts.stage}", f"{opts.stage}.json"), indent=2) + "\n")
                 files["sharegpt/dataset_info.json"] = sha256_file(info)
-        counts = con.execute("SELECT source, capability, count(*) FROM picked GROUP BY ALL ORDER BY ALL").fetchall()
-        by_source: dict[str, int] = {}
-        by_cap: dict[str, int] = {}
-        for src, cap, n in counts:
-            by_source[src] = by_source.get(src, 0) + n
-            by_cap[cap or "unknown"] = by_cap.get(cap or "unknown", 0) + n
-        zero = _zero_advantage(con, opts.group_size, opts.stage, run_id)
-        cur = con.execute("SELECT * REPLACE (strftime(created_at, '%Y-%m-%dT%H:%M:%S%z') AS created_at) FROM runs WHERE run_id = ?", [run_id])
-        run_row = dict(zip([c[0] for c in cur.description], cur.fetchall()[0]))
         parquet = (out / PARQUET_NAME).as_posix().replace("'", "''")
         schema = dict(con.execute(f"SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM read_parquet('{parquet}'))").fetchall())
     finally:

@@ -133,8 +133,12 @@ class Store:
             raise RuntimeError("store writes need `with store.writing(...)`")
 
     def _drop_uncommitted(self) -> None:
-        # A run is committed by its row in `runs`, whose part is named after it.
-        committed = {part_run(p) for p in self.table_dir("runs").glob("part-*.parquet")}
+        import duckdb
+
+        # A run is committed by its row in `runs` (read through DuckDB: no pyarrow for this).
+        runs = _glob(self, "runs")
+        committed = {r for (r,) in duckdb.connect().execute(
+            f"SELECT DISTINCT run_id FROM read_parquet('{runs}', union_by_name = true)").fetchall()}
         for name in ("samples", "rejects", "rollouts"):
             for part in self.table_dir(name).glob("part-*.parquet"):
                 run = part_run(part)

@@ -107,11 +107,17 @@ def test_difficulty_cache_matches_the_view_and_follows_new_parts(tmp_path, store
     con = store.connect()
     table = load_difficulty(store, con, r.run_id)
     assert sorted(con.execute(f"select n, k from {table}").fetchall()) == [(8, 2), (8, 8)]
-    # A superseded file stays while a reader may still be about to open it, then goes.
-    assert path.exists()
+    # A superseded file stays while a reader may still be about to open it (even if it is itself old),
+    # and goes once its replacement has been there for STALE_CACHE_S.
+    from curate.difficulty import STALE_CACHE_S
+
     os.utime(path, (0, 0))
     load_difficulty(store, store.connect(), r.run_id)
-    assert not path.exists(), "the stale file of the run is dropped"
+    assert path.exists()
+    current = cache_path(store, r.run_id)
+    os.utime(current, (current.stat().st_mtime - STALE_CACHE_S - 1,) * 2)
+    load_difficulty(store, store.connect(), r.run_id)
+    assert not path.exists() and current.exists(), "the superseded file of the run is dropped"
 
 
 def test_selection_works_where_the_cache_cannot_be_written(tmp_path, store):
@@ -127,3 +133,16 @@ def test_selection_works_where_the_cache_cannot_be_written(tmp_path, store):
     got = {stage: select_stage(store, SelectOptions(stage=stage, out=tmp_path / stage)).rows
            for stage in ("perception", "reasoning", "warmup")}
     assert got == {"perception": 1, "reasoning": 1, "warmup": 1}
+
+
+def test_paths_with_quotes(tmp_path):
+    from curate.select import SelectOptions, select_stage
+
+    root = tmp_path / "it's here"
+    make_image(root / "imgs" / "a.png")
+    s = Store(root / "o'store")
+    ingest(s, IngestOptions(path=write_jsonl(root / "d.jsonl", [record("q0", answer="1")]), image_root=root / "imgs", source="toy"))
+    dump = [{"qid": "q0", "response": "r", "ground_truth": "1", "score": {"accuracy": 1.0}}] * 2
+    r = import_rollouts(s, write_jsonl(root / "o'dump.jsonl", dump))
+    assert (r.lines, r.rollouts) == (2, 2)
+    assert select_stage(s, SelectOptions(stage="perception", out=root / "st'age")).rows == 1

@@ -134,6 +134,10 @@ def test_filters_mix_dedup_and_where(tmp_path, mixed):
         select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "bad", where="nope > 1"))
     with pytest.raises(PebrError, match="already holds"):
         select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "w"))
+    for bad in ("{problem}{problem}", "{{problem}} only", "{x} {problem}", "no placeholder"):
+        with pytest.raises(PebrError, match="prompt template"):
+            select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "w", force=True, template=bad))
+    assert (tmp_path / "w" / "train.parquet").exists(), "a refused selection leaves the existing dataset alone"
     assert mix_targets(3, 100, 0.25) == (3, 9)
 
 
@@ -141,10 +145,12 @@ PROMPT_CASES = [
     ("How many <image> circles?", 1), ("<image>", 1), ("no mark at all", 2), ("<image><image> two", 2),
     ("x <image> y <image>", 1), ("end <image>", 3), ("it's {odd} 'quoted' <image>", 1), ("", 1), ("", 0), ("a<image>b", 0),
     ("<image>first", 1), ("last<image>", 0), ("plain", 1), ("plain", 0), ("<image>", 0), ("two <image><image>", 1),
+    ("ge>", 1), ("<ima", 1), ("image>", 1), ("ge> x <image>", 1),
 ]
 
 
-@pytest.mark.parametrize("template", [PROMPT_TEMPLATE, "{problem}", "<image> first {problem} then", "it's {problem} 'q'", "{problem} end"])
+@pytest.mark.parametrize("template", [PROMPT_TEMPLATE, "{problem}", "<image> first {problem} then", "it's {problem} 'q'", "{problem} end",
+                                      "<ima{problem}", "{problem}ge>", "<{problem}>"])
 def test_prompt_macro_matches_build_messages(template):
     import duckdb
 
