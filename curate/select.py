@@ -322,14 +322,16 @@ def _rule(opts: SelectOptions, band: str) -> str:
     return "; ".join(parts) + f"; order md5_number('{opts.seed}:' || sample_id)"
 
 
-def _prepare_out(out: Path, force: bool) -> None:
-    if (out / MANIFEST_NAME).exists() or (out / PARQUET_NAME).exists():
-        if not force:
-            raise PebrError(f"{out} already holds a stage dataset; pass --force to replace it")
-        for name in (MANIFEST_NAME, PARQUET_NAME):
-            (out / name).unlink(missing_ok=True)
-        for sub in ("easyr1", "sharegpt"):
-            shutil.rmtree(out / sub, ignore_errors=True)
+def _holds_dataset(out: Path) -> bool:
+    return (out / MANIFEST_NAME).exists() or (out / PARQUET_NAME).exists()
+
+
+def _prepare_out(out: Path) -> None:
+    """Clear a stage dataset already in `out` (the caller checked --force), and create `out`."""
+    for name in (MANIFEST_NAME, PARQUET_NAME):
+        (out / name).unlink(missing_ok=True)
+    for sub in ("easyr1", "sharegpt"):
+        shutil.rmtree(out / sub, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
 
 
@@ -338,7 +340,7 @@ def select_stage(store: Store, opts: SelectOptions) -> SelectReport:
     band = _check(opts)
     store.require()
     out = Path(opts.out).absolute()
-    if not opts.force and ((out / MANIFEST_NAME).exists() or (out / PARQUET_NAME).exists()):
+    if not opts.force and _holds_dataset(out):
         raise PebrError(f"{out} already holds a stage dataset; pass --force to replace it")
     con = store.connect()
     try:
@@ -354,7 +356,7 @@ def select_stage(store: Store, opts: SelectOptions) -> SelectReport:
         zero = _zero_advantage(con, opts.group_size, opts.stage, run_id)
         cur = con.execute("SELECT * REPLACE (strftime(created_at, '%Y-%m-%dT%H:%M:%S%z') AS created_at) FROM runs WHERE run_id = ?", [run_id])
         run_row = dict(zip([c[0] for c in cur.description], cur.fetchall()[0]))
-        _prepare_out(out, opts.force)
+        _prepare_out(out)
         files: dict[str, str] = {}
         con.execute(prompt_macro())
         rows = write_parquet(con, _export_sql(store, opts.images, opts.template), out / PARQUET_NAME, store.root, opts.images)
