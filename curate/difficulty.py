@@ -204,16 +204,10 @@ def load_difficulty(store, con, run_id: str, table: str = "run_difficulty") -> s
     `capability`: over the cached Parquet file when the store can hold it (written now if missing),
     else TEMP TABLE `table` aggregated from the rollouts. For `difficulty_query(relation=...)`; over
     the file, a query reads only the columns it needs."""
-    import duckdb
-
     path = cache_difficulty(store, con, run_id)
     if path is not None:
         relation = f"read_parquet('{_sql_path(path)}')"
-        try:
-            con.execute(f"SELECT count(*) FROM {relation}").fetchall()
-            return f"({_from_agg(relation, ', source, capability')})"
-        except duckdb.IOException:
-            pass  # pruned by a writer meanwhile: aggregate instead
+        return f"({_from_agg(relation, ', source, capability')})"
     con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {_from_agg(f'({_RUN_ROWS})', ', source, capability')}",
                 {"run": run_id})
     return table
