@@ -17,6 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
+from curate.store import part_run, sql_literal
 from schemas import REWARD_COLUMNS
 
 DEFAULT_GROUP_SIZE = 8
@@ -113,8 +114,7 @@ def difficulty_query(run_id: str, *, easy_min: float = 1.0, hard_max: float = 0.
         from curate.errors import PebrError
 
         raise PebrError(f"group size must be at least 1 (got {group_size})")
-    rid = run_id.replace("'", "''")
-    source = relation or f"difficulty WHERE run_id = '{rid}'"
+    source = relation or f"difficulty WHERE run_id = {sql_literal(run_id)}"
     return (
         f"SELECT * REPLACE (band(k, n, easy_min := {float(easy_min)!r}, hard_max := {float(hard_max)!r}) AS band, "
         f"p_degenerate(k, n, {int(group_size)}) AS p_degenerate) FROM {source}"
@@ -141,8 +141,6 @@ derived columns are computed on reading, by the view's own expressions."""
 
 def cache_path(store, run_id: str) -> Path:
     """Where the difficulty rows of `run_id` are cached for the run's current rollout parts."""
-    from curate.store import part_run
-
     h = hashlib.sha256(f"{DIFFICULTY_SQL}\n{_RUN_ROWS}\n{run_id}".encode())
     for part in sorted(store.table_dir("rollouts").glob("part-*.parquet")):
         if part_run(part) == run_id:
@@ -162,7 +160,7 @@ def cache_difficulty(store, con, run_id: str) -> Path | None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        con.execute(f"COPY ({_RUN_ROWS}) TO '{_sql_path(tmp)}' (FORMAT parquet, COMPRESSION zstd)", {"run": run_id})
+        con.execute(f"COPY ({_RUN_ROWS}) TO {sql_literal(tmp)} (FORMAT parquet, COMPRESSION zstd)", {"run": run_id})
         os.replace(tmp, path)
     except (OSError, duckdb.IOException):
         return None
@@ -206,12 +204,10 @@ def load_difficulty(store, con, run_id: str, table: str = "run_difficulty") -> s
     the file, a query reads only the columns it needs."""
     path = cache_difficulty(store, con, run_id)
     if path is not None:
-        relation = f"read_parquet('{_sql_path(path)}')"
+        relation = f"read_parquet({sql_literal(path)})"
         return f"({_from_agg(relation, ', source, capability')})"
     con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {_from_agg(f'({_RUN_ROWS})', ', source, capability')}",
                 {"run": run_id})
     return table
 
 
-def _sql_path(path: Path) -> str:
-    return path.as_posix().replace("'", "''")

@@ -18,6 +18,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 
+from curate.store import sql_literal
 from rewards.prompt import IMAGE_PLACEHOLDER, PROMPT_TEMPLATE
 
 BATCH_ROWS = 8192
@@ -34,10 +35,6 @@ of PIL images (each stored as struct<bytes, path>, datasets.Image's storage type
 STAGE_COLUMNS = ("prompt", "images", "answer", "key_words", "sample_id", "source", "capability", "qid", "problem",
                  "response", "n", "k", "pass_rate", "band", "p_degenerate")
 """Columns of a stage dataset's Parquet file, in order."""
-
-
-def sql_literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def prompt_macro() -> str:
@@ -187,7 +184,7 @@ def write_parquet(con, query: str, path: Path, store_root: Path, images: str = "
     tmp = _tmp(path)
     try:
         if images == "path":
-            rows = con.execute(f"COPY ({query}) TO {sql_literal(tmp.as_posix())} "
+            rows = con.execute(f"COPY ({query}) TO {sql_literal(tmp)} "
                                f"(FORMAT parquet, COMPRESSION zstd, KV_METADATA {{huggingface: {sql_literal(HF_FEATURES)}}})"
                                ).fetchall()[0][0]  # COPY answers with the rows it wrote
         else:

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from curate.difficulty import warm_cache
 from curate.errors import PebrError
-from curate.store import Store, new_run_id
+from curate.store import Store, new_run_id, sql_literal
 from schemas import ROLLOUTS
 
 
@@ -88,19 +88,13 @@ def import_rollouts(store: Store, path: Path, source: str | None = None, fmt: st
         raise PebrError(f"{path}: no such file")
     fmt = fmt or _sniff(path)
     select, columns = _select_sql(fmt, qid_field, correct_threshold)
-    return _import(store, path, fmt, select, columns, source, qid_field, correct_threshold)
-
-
-def _import(store: Store, path: Path, fmt: str, select: str, columns: dict, source: str | None, qid_field: str | None,
-            correct_threshold: float) -> ImportReport:
     with store.writing(f"curate import-rollouts {path.name}"):
         run_id = new_run_id("import")
         con = store.connect()
         con.execute("SET preserve_insertion_order = false")
         con.execute("SET memory_limit = '640MB'")
-        src = _sql_path(path)
         cols = "{" + ", ".join(f"'{k}': '{v}'" for k, v in columns.items()) + "}"
-        reader = (f"read_json('{src}', format = 'newline_delimited', columns = {cols}, ignore_errors = true, "
+        reader = (f"read_json({sql_literal(path)}, format = 'newline_delimited', columns = {cols}, ignore_errors = true, "
                   "maximum_object_size = 67108864)")
         # Every non-blank line is one record of the reader (a line it cannot parse is a row of NULLs).
         # Counted first, and the import keeps to those records: a dump still being appended to is
@@ -130,7 +124,7 @@ def _import(store: Store, path: Path, fmt: str, select: str, columns: dict, sour
                 d.accuracy AS overall, d.correct
               FROM dump d LEFT JOIN qmap m USING (qid)
               WHERE d.qid IS NOT NULL
-            ) TO '{_sql_path(tmp)}' (FORMAT parquet, COMPRESSION zstd)
+            ) TO {sql_literal(tmp)} (FORMAT parquet, COMPRESSION zstd)
         """)
         written = pq.read_schema(tmp)
         expected = ROLLOUTS.remove_metadata()
@@ -140,7 +134,7 @@ def _import(store: Store, path: Path, fmt: str, select: str, columns: dict, sour
         stats = con.execute(f"""
             SELECT count(*), count(*) FILTER (WHERE sample_id IS NULL),
                    count(DISTINCT qid) FILTER (WHERE sample_id IS NULL)
-            FROM read_parquet('{_sql_path(tmp)}')
+            FROM read_parquet({sql_literal(tmp)})
         """).fetchone()
         con.close()
         report = ImportReport(run_id=run_id, lines=lines, rollouts=stats[0], unreadable=lines - stats[0],
@@ -157,6 +151,3 @@ def _import(store: Store, path: Path, fmt: str, select: str, columns: dict, sour
         warm_cache(store, run_id)  # so that every `curate select` of the run starts from it
         return report
 
-
-def _sql_path(path: Path) -> str:
-    return path.as_posix().replace("'", "''")

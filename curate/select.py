@@ -21,7 +21,7 @@ from curate.errors import PebrError
 from curate.export import (BATCH_ROWS, IMAGE_MODES, STAGE_COLUMNS, gold_response_sql, images_sql,
                            llamafactory_dataset_info, prompt_macro, prompt_sql, sha256_file,
                            write_json_records, write_parquet)
-from curate.store import Store, code_version
+from curate.store import Store, code_version, sql_literal
 from rewards.prompt import PROMPT_TEMPLATE
 from schemas import REWARD_COLUMNS
 
@@ -131,7 +131,7 @@ def _check(opts: SelectOptions) -> str:
 
 
 def _in_list(values: list[str]) -> str:
-    return "(" + ", ".join("'" + v.replace("'", "''") + "'" for v in values) + ")"
+    return "(" + ", ".join(sql_literal(v) for v in values) + ")"
 
 
 def mix_targets(coarse: int, fine: int, mix: float) -> tuple[int, int]:
@@ -371,8 +371,8 @@ def select_stage(store: Store, opts: SelectOptions) -> SelectReport:
                 info = out / "sharegpt" / "dataset_info.json"
                 info.write_text(json.dumps(llamafactory_dataset_info(f"pebr_{opts.stage}", f"{opts.stage}.json"), indent=2) + "\n")
                 files["sharegpt/dataset_info.json"] = sha256_file(info)
-        parquet = (out / PARQUET_NAME).as_posix().replace("'", "''")
-        schema = dict(con.execute(f"SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM read_parquet('{parquet}'))").fetchall())
+        schema = dict(con.execute("SELECT column_name, column_type FROM "
+                                  f"(DESCRIBE SELECT * FROM read_parquet({sql_literal(out / PARQUET_NAME)}))").fetchall())
     finally:
         con.close()
     report = SelectReport(out=out, stage=opts.stage, band=band, run_id=run_id, rows=rows, band_total=steps["band"],

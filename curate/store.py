@@ -136,9 +136,9 @@ class Store:
         import duckdb
 
         # A run is committed by its row in `runs` (read through DuckDB: no pyarrow for this).
-        runs = _glob(self, "runs")
-        committed = {r for (r,) in duckdb.connect().execute(
-            f"SELECT DISTINCT run_id FROM read_parquet('{runs}', union_by_name = true)").fetchall()}
+        with duckdb.connect() as con:
+            committed = {r for (r,) in con.execute(
+                f"SELECT DISTINCT run_id FROM read_parquet({_glob(self, 'runs')}, union_by_name = true)").fetchall()}
         for name in ("samples", "rejects", "rollouts"):
             for part in self.table_dir(name).glob("part-*.parquet"):
                 run = part_run(part)
@@ -266,8 +266,14 @@ def code_version() -> str:
         return "pebr (not installed)"
 
 
+def sql_literal(text: str | Path) -> str:
+    """`text` (or a path) as a quoted SQL string literal."""
+    text = text.as_posix() if isinstance(text, Path) else text
+    return "'" + text.replace("'", "''") + "'"
+
+
 def _glob(store: Store, name: str) -> str:
-    return (store.table_dir(name) / "*.parquet").as_posix().replace("'", "''")
+    return sql_literal(store.table_dir(name) / "*.parquet")
 
 
 def view_statements(store: Store) -> list[str]:
@@ -275,7 +281,7 @@ def view_statements(store: Store) -> list[str]:
     from curate.difficulty import DIFFICULTY_SQL, MACROS
 
     def scan(name: str) -> str:
-        return f"read_parquet('{_glob(store, name)}', union_by_name = true)"
+        return f"read_parquet({_glob(store, name)}, union_by_name = true)"
 
     return [
         *MACROS,
