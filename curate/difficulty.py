@@ -44,7 +44,7 @@ _stats = ",\n    ".join(
 _AGG = f"""SELECT run_id, sample_id, count(*) AS n, count(*) FILTER (WHERE correct) AS k,
     {_stats},
     avg(n_tokens) AS mean_tokens
-  FROM rollouts WHERE sample_id IS NOT NULL{{run_filter}}
+  FROM {{rollouts}} WHERE sample_id IS NOT NULL{{run_filter}}
   GROUP BY run_id, sample_id"""
 """Per (run, sample): the counts and reward moments every other difficulty column derives from."""
 
@@ -58,7 +58,7 @@ def _from_agg(agg: str, extra: str = "") -> str:
 FROM {agg}"""
 
 
-DIFFICULTY_SQL = "CREATE OR REPLACE VIEW difficulty AS\n" + _from_agg(f"({_AGG.format(run_filter='')}) agg")
+DIFFICULTY_SQL = "CREATE OR REPLACE VIEW difficulty AS\n" + _from_agg(f"({_AGG.format(rollouts='rollouts', run_filter='')}) agg")
 
 STAGE_BANDS = {"perception": "easy", "reasoning": "medium", "warmup": "hard"}
 """The paper's dataset-level sampling: which band feeds which training stage."""
@@ -132,8 +132,8 @@ def difficulty_query(run_id: str, *, easy_min: float = 1.0, hard_max: float = 0.
 CACHE_DIR = Path("cache") / "difficulty"
 STALE_CACHE_S = 600
 """A superseded cache file is removed once its replacement is this old (seconds)."""
-_RUN_ROWS = (f"SELECT a.*, s.source, s.capability FROM ({_AGG.format(run_filter=' AND run_id = $run')}) a "
-             "LEFT JOIN samples s USING (sample_id)")
+_RUN_ROWS = ("SELECT a.*, s.source, s.capability FROM ("
+             f"{_AGG.format(rollouts='{rollouts}', run_filter=' AND run_id = $run')}) a LEFT JOIN samples s USING (sample_id)")
 """A run's cached rows: the aggregates of the difficulty view, with each sample's source and
 capability (selections and reports group and filter by them without reading the samples); the
 derived columns are computed on reading, by the view's own expressions."""
@@ -148,9 +148,12 @@ def cache_path(store, run_id: str) -> Path:
     return store.root / CACHE_DIR / f"{run_id}.{h.hexdigest()[:16]}.parquet"
 
 
-def cache_difficulty(store, con, run_id: str) -> Path | None:
+def cache_difficulty(store, con, run_id: str, rollouts: str = "rollouts") -> Path | None:
     """Write the run's difficulty rows to the cache (atomically) unless present, and prune the run's
-    superseded files (`_prune`). Returns the file, or None where the store cannot be written."""
+    superseded files (`_prune`). Returns the file, or None where the store cannot be written.
+
+    `rollouts` is the FROM item read for the run's rollouts: the view, or (for a writer that has
+    just committed them) the run's own part files."""
     import duckdb
 
     path = cache_path(store, run_id)
@@ -160,7 +163,8 @@ def cache_difficulty(store, con, run_id: str) -> Path | None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        con.execute(f"COPY ({_RUN_ROWS}) TO {sql_literal(tmp)} (FORMAT parquet, COMPRESSION zstd)", {"run": run_id})
+        con.execute(f"COPY ({_RUN_ROWS.format(rollouts=rollouts)}) TO {sql_literal(tmp)} (FORMAT parquet, COMPRESSION zstd)",
+                    {"run": run_id})
         os.replace(tmp, path)
     except (OSError, duckdb.IOException):
         return None
@@ -181,16 +185,18 @@ def _prune(current: Path, run_id: str) -> None:
                 old.unlink(missing_ok=True)
 
 
-def warm_cache(store, run_id: str) -> Path | None:
+def warm_cache(store, run_id: str, con=None, rollouts: str = "rollouts") -> Path | None:
     """Write the run's cache file now (a run's writer calls this when it ends), so that the
     selections and reports that follow start from it. Only a speed-up: a failure here leaves the
     run as it is, and the next reader aggregates instead."""
     import duckdb
 
     try:
+        if con is not None:
+            return cache_difficulty(store, con, run_id, rollouts)
         con = store.connect()
         try:
-            return cache_difficulty(store, con, run_id)
+            return cache_difficulty(store, con, run_id, rollouts)
         finally:
             con.close()
     except (OSError, duckdb.Error):
@@ -206,7 +212,8 @@ def load_difficulty(store, con, run_id: str, table: str = "run_difficulty") -> s
     if path is not None:
         relation = f"read_parquet({sql_literal(path)})"
         return f"({_from_agg(relation, ', source, capability')})"
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {_from_agg(f'({_RUN_ROWS})', ', source, capability')}",
+    rows = _RUN_ROWS.format(rollouts="rollouts")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {_from_agg(f'({rows})', ', source, capability')}",
                 {"run": run_id})
     return table
 

@@ -6,25 +6,30 @@ Formats:
   extra fields; verl writes no question id, so ``--qid-field`` names the field that carries one
   (an extra reward field such as ``uid`` or ``index``).
 
-DuckDB reads the file and writes Parquet; no Python loop touches a line. Lines DuckDB cannot parse
-(or that carry no question id) are counted against the file's records (its non-blank lines) and
-reported.
+DuckDB reads the file and writes Parquet; no Python loop touches a line. The dump is read once, in
+parallel, into a temporary table that keeps the file's order (its row ids are the records'
+positions, spilled to disk beyond the memory limit); every count comes from that one reading. Lines
+DuckDB cannot parse (or that carry no question id) are counted against the file's records (its
+non-blank lines) and reported.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from curate.difficulty import warm_cache
 from curate.errors import PebrError
 from curate.store import Store, new_run_id, sql_literal
-from schemas import ROLLOUTS
+
+MAX_RECORD_BYTES = 64 << 20
+"""Largest line (JSON record) the reader accepts."""
+MEMORY_LIMIT = "512MB"
+"""DuckDB's memory limit for an import; the dump's table spills to <store>/tmp beyond it."""
 
 
 @dataclass
@@ -58,28 +63,16 @@ def _sniff(path: Path) -> str:
     raise PebrError(f"{path}: unknown rollout format (keys {sorted(first)}); expected PeBR/EasyR1 or verl dumps")
 
 
-# An imported rollout's index is its position among the dump's records (unreadable ones take a number
-# too): unique within the run and traceable to the file, with no window function over the whole dump.
-_ORDINAL = "CAST(ordinality - 1 AS INTEGER) AS position"
-
-
-def _select_sql(fmt: str, qid_field: str | None, threshold: float) -> tuple[str, dict]:
+def _select_sql(fmt: str, qid_field: str | None) -> tuple[str, dict]:
+    """SELECT list over the reader (qid, response, accuracy) and the reader's columns."""
     if fmt == "pebr":
         columns = {"qid": "VARCHAR", "response": "VARCHAR", "ground_truth": "VARCHAR", "score": "JSON"}
-        accuracy = "TRY_CAST(json_extract(score, '$.accuracy') AS FLOAT)"
-        return (
-            f"SELECT CAST(qid AS VARCHAR) AS qid, coalesce(response, '') AS response, {accuracy} AS accuracy, "
-            f"coalesce({accuracy}, 0) >= {threshold} AS correct, {_ORDINAL}",
-            columns,
-        )
+        return ("SELECT CAST(qid AS VARCHAR) AS qid, response, "
+                "TRY_CAST(json_extract(score, '$.accuracy') AS FLOAT) AS accuracy", columns)
     if not qid_field:
         raise PebrError("verl dumps carry no question id: pass --qid-field NAME (a field your reward function logged, e.g. uid)")
     columns = {"input": "VARCHAR", "output": "VARCHAR", "score": "DOUBLE", qid_field: "VARCHAR"}
-    return (
-        f"SELECT CAST(\"{qid_field}\" AS VARCHAR) AS qid, coalesce(output, '') AS response, CAST(score AS FLOAT) AS accuracy, "
-        f"coalesce(score, 0) >= {threshold} AS correct, {_ORDINAL}",
-        columns,
-    )
+    return f"SELECT CAST(\"{qid_field}\" AS VARCHAR) AS qid, output AS response, CAST(score AS FLOAT) AS accuracy", columns
 
 
 def import_rollouts(store: Store, path: Path, source: str | None = None, fmt: str | None = None,
@@ -87,67 +80,75 @@ def import_rollouts(store: Store, path: Path, source: str | None = None, fmt: st
     if not path.is_file():
         raise PebrError(f"{path}: no such file")
     fmt = fmt or _sniff(path)
-    select, columns = _select_sql(fmt, qid_field, correct_threshold)
+    select, columns = _select_sql(fmt, qid_field)
     with store.writing(f"curate import-rollouts {path.name}"):
         run_id = new_run_id("import")
+        spill = store.root / "tmp" / run_id
+        spill.parent.mkdir(exist_ok=True)
         con = store.connect()
-        con.execute("SET preserve_insertion_order = false")
-        con.execute("SET memory_limit = '640MB'")
-        cols = "{" + ", ".join(f"'{k}': '{v}'" for k, v in columns.items()) + "}"
-        reader = (f"read_json({sql_literal(path)}, format = 'newline_delimited', columns = {cols}, ignore_errors = true, "
-                  "maximum_object_size = 67108864)")
-        # Every non-blank line is one record of the reader (a line it cannot parse is a row of NULLs).
-        # Counted first, and the import keeps to those records: a dump still being appended to is
-        # imported, and accounted for, as it was at this moment.
-        lines = con.execute(f"SELECT count(*) FROM {reader}").fetchone()[0]
-        con.execute(f"CREATE TEMP VIEW dump AS SELECT * FROM ({select} FROM {reader} WITH ORDINALITY) "
-                    f"WHERE position < {int(lines)}")
-        source_filter = "WHERE source = ?" if source else ""
-        params = [source] if source else []
-        con.execute(
-            "CREATE TEMP TABLE qmap AS SELECT qid, any_value(sample_id) AS sample_id, count(*) AS n "
-            f"FROM samples {source_filter} GROUP BY qid", params,
-        )
-        ambiguous = con.execute("SELECT count(*) FROM qmap WHERE n > 1").fetchone()[0]
-        if ambiguous:
-            raise PebrError(f"{ambiguous} qid(s) name samples of several sources; pass --source to choose one")
-        d = store.table_dir("rollouts")
-        tmp = d / f".import-{uuid.uuid4().hex[:8]}.parquet.tmp"
-        final = d / f"part-{run_id}-00000.parquet"
-        reward_nulls = ", ".join(f"CAST(NULL AS FLOAT) AS \"{c}\"" for c in ("format", "keyword", "length", "clip"))
+        try:
+            report, part = _import(store, con, path, run_id, fmt, select, columns, source, float(correct_threshold), spill)
+            con.execute("DROP TABLE dump")
+            store.add_run(run_id, "import", config={
+                "path": str(path.absolute()), "format": fmt, "qid_field": qid_field, "source": source,
+                "correct_threshold": correct_threshold, "lines": report.lines, "rollouts": report.rollouts,
+                "unreadable": report.unreadable, "unmatched_rollouts": report.unmatched_rollouts,
+            }, grader_version=f"imported:{fmt}")
+            # So that every `curate select` of the run starts from it; read from the run's one part.
+            warm_cache(store, run_id, con, rollouts=f"read_parquet({sql_literal(part)})")
+        finally:
+            con.close()
+            shutil.rmtree(spill, ignore_errors=True)
+        return report
+
+
+def _import(store: Store, con, path: Path, run_id: str, fmt: str, select: str, columns: dict, source: str | None,
+            threshold: float, spill: Path) -> tuple[ImportReport, Path]:
+    """Write the dump's rollouts as the run's part (not yet committed); returns the counts and the part."""
+    con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
+    con.execute(f"SET temp_directory = {sql_literal(spill)}")
+    source_filter = "WHERE source = ?" if source else ""
+    con.execute("CREATE TEMP TABLE qmap AS SELECT qid, any_value(sample_id) AS sample_id, count(*) AS n "
+                f"FROM samples {source_filter} GROUP BY qid", [source] if source else [])
+    ambiguous = con.execute("SELECT count(*) FROM qmap WHERE n > 1").fetchone()[0]
+    if ambiguous:
+        raise PebrError(f"{ambiguous} qid(s) name samples of several sources; pass --source to choose one")
+    cols = "{" + ", ".join(f"'{k}': '{v}'" for k, v in columns.items()) + "}"
+    reader = (f"read_json({sql_literal(path)}, format = 'newline_delimited', columns = {cols}, ignore_errors = true, "
+              f"maximum_object_size = {MAX_RECORD_BYTES})")
+    # One parallel reading of the dump into a table that keeps the file's order: each non-blank line
+    # is one row (a line the reader cannot parse is a row of NULLs), and a row's rowid is its
+    # record's position, which becomes the imported rollout's index. A dump still being appended to
+    # is imported, and accounted for, as this reading saw it.
+    con.execute("SET preserve_insertion_order = true")
+    con.execute(f"CREATE TEMP TABLE dump AS {select} FROM {reader}")
+    lines = con.execute("SELECT count(*) FROM dump").fetchone()[0]
+    con.execute("SET preserve_insertion_order = false")
+    d = store.table_dir("rollouts")
+    tmp = d / f".import-{uuid.uuid4().hex[:8]}.parquet.tmp"
+    final = d / f"part-{run_id}-00000.parquet"
+    reward_nulls = ", ".join(f"CAST(NULL AS FLOAT) AS \"{c}\"" for c in ("format", "keyword", "length", "clip"))
+    try:
         con.execute(f"""
             COPY (
-              SELECT '{run_id}' AS run_id, m.sample_id, d.qid,
-                d.position AS rollout_idx,
-                CAST(NULL AS BIGINT) AS seed, d.response, CAST(NULL AS INTEGER) AS n_tokens,
+              SELECT '{run_id}' AS run_id, m.sample_id, d.qid, CAST(d.rowid AS INTEGER) AS rollout_idx,
+                CAST(NULL AS BIGINT) AS seed, coalesce(d.response, '') AS response, CAST(NULL AS INTEGER) AS n_tokens,
                 CAST(NULL AS VARCHAR) AS finish_reason, d.accuracy, {reward_nulls},
-                d.accuracy AS overall, d.correct
+                d.accuracy AS overall, coalesce(d.accuracy, 0) >= {threshold!r} AS correct
               FROM dump d LEFT JOIN qmap m USING (qid)
               WHERE d.qid IS NOT NULL
             ) TO {sql_literal(tmp)} (FORMAT parquet, COMPRESSION zstd)
         """)
-        written = pq.read_schema(tmp)
-        expected = ROLLOUTS.remove_metadata()
-        if [(f.name, f.type) for f in written] != [(f.name, f.type) for f in expected]:
-            tmp.unlink()
-            raise RuntimeError(f"import wrote an unexpected schema: {written}")
         stats = con.execute(f"""
             SELECT count(*), count(*) FILTER (WHERE sample_id IS NULL),
                    count(DISTINCT qid) FILTER (WHERE sample_id IS NULL)
             FROM read_parquet({sql_literal(tmp)})
         """).fetchone()
-        con.close()
         report = ImportReport(run_id=run_id, lines=lines, rollouts=stats[0], unreadable=lines - stats[0],
                               unmatched_rollouts=stats[1], unmatched_qids=stats[2], by_format={fmt: stats[0]})
         if report.rollouts == 0:
-            tmp.unlink()
             raise PebrError(f"{path}: no rollout could be read ({lines} lines)")
         os.replace(tmp, final)
-        store.add_run(run_id, "import", config={
-            "path": str(path.absolute()), "format": fmt, "qid_field": qid_field, "source": source,
-            "correct_threshold": correct_threshold, "lines": lines, "rollouts": report.rollouts,
-            "unreadable": report.unreadable, "unmatched_rollouts": report.unmatched_rollouts,
-        }, grader_version=f"imported:{fmt}")
-        warm_cache(store, run_id)  # so that every `curate select` of the run starts from it
-        return report
-
+    finally:
+        tmp.unlink(missing_ok=True)
+    return report, final

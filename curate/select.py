@@ -150,7 +150,7 @@ def mix_targets(coarse: int, fine: int, mix: float) -> tuple[int, int]:
 
 def _selection(store: Store, con, opts: SelectOptions, band: str, run_id: str) -> dict[str, int]:
     """Build TEMP TABLE picked (sample_id, source, capability, the difficulty columns of the export,
-    rank_key, ord) step by step; returns rows left after each step."""
+    rank_key) step by step; returns rows left after each step."""
     rows = load_difficulty(store, con, run_id)  # the run's cached difficulty rows, not every rollout
     diff = difficulty_query(run_id, easy_min=opts.easy_min, hard_max=opts.hard_max, group_size=opts.group_size,
                             relation=rows)
@@ -176,12 +176,13 @@ def _selection(store: Store, con, opts: SelectOptions, band: str, run_id: str) -
     if opts.dedup:
         dedup = ("QUALIFY row_number() OVER (PARTITION BY md5(s.problem || chr(0) || array_to_string(s.images, chr(1))) "
                  "ORDER BY rank_key) = 1")
+    stds = ", ".join(f"std_{c}" for c in REWARD_COLUMNS)  # for the manifest's observed zero-std shares
     import duckdb
 
     try:
         # A view: the steps below read it once or twice, cheaper than materialising it.
         con.execute(f"""CREATE OR REPLACE TEMP VIEW cand AS
-            SELECT sample_id, source, capability, n, k, pass_rate, band, p_degenerate,
+            SELECT sample_id, source, capability, n, k, pass_rate, band, p_degenerate, {stds},
                 md5_number('{seed}:' || sample_id) AS rank_key
             FROM {source} WHERE {' AND '.join(conds)} {dedup}""")
         steps["filters"] = con.execute("SELECT count(*) FROM cand").fetchall()[0][0]
@@ -203,10 +204,8 @@ def _selection(store: Store, con, opts: SelectOptions, band: str, run_id: str) -
         query = (f"SELECT * FROM ({query}) QUALIFY row_number() OVER (PARTITION BY source ORDER BY rank_key) <= "
                  f"CASE source {cases} ELSE 9e18 END")
         steps["quota"] = con.execute(f"SELECT count(*) FROM ({query})").fetchall()[0][0]
-    # An integer ordinal: the export sorts wide rows by it, cheaper than by the 128-bit key.
-    query = f"SELECT *, row_number() OVER (ORDER BY rank_key) AS ord FROM ({query})"
     if opts.cap is not None:
-        query = f"SELECT * FROM ({query}) WHERE ord <= {int(opts.cap)}"
+        query = f"SELECT * FROM ({query}) ORDER BY rank_key LIMIT {int(opts.cap)}"
     con.execute(f"CREATE OR REPLACE TEMP TABLE picked AS {query}")
     if opts.cap is not None:
         steps["cap"] = con.execute("SELECT count(*) FROM picked").fetchall()[0][0]
@@ -238,14 +237,14 @@ def _export_sql(store: Store, images: str, template: str) -> str:
     # sort, and the projection runs in the parallel, order-keeping scan of the sorted result.
     rows = ("SELECT s.sample_id, s.source, s.capability, s.qid, s.problem, s.answer, s.key_words, s.images AS images_rel, "
             "s.extra, p.n, p.k, p.pass_rate, p.band, p.p_degenerate FROM picked p JOIN samples s USING (sample_id) "
-            "ORDER BY p.ord")
+            "ORDER BY p.rank_key")
     return f"SELECT {select} FROM ({rows})"
 
 
 def _record_rows(con) -> Iterator[dict]:
     """The picked samples as dicts (images as store paths), in seeded order, for the JSON formats."""
     cur = con.execute(f"SELECT s.*, {gold_response_sql('s.extra')} AS response, p.pass_rate "
-                      "FROM picked p JOIN samples s USING (sample_id) ORDER BY p.ord")
+                      "FROM picked p JOIN samples s USING (sample_id) ORDER BY p.rank_key")
     names = [c[0] for c in cur.description]
     while batch := cur.fetchmany(BATCH_ROWS):
         for values in batch:
@@ -260,8 +259,8 @@ def _perception_zero_std(con, run_id: str) -> float | None:
     from rewards import RewardConfig, stage_weights
 
     weights = {k: w for k, w in stage_weights("perception", RewardConfig()).items() if w}
-    graded_any = " AND ".join(f"d.std_{name} IS NOT NULL" for name in weights)
-    if not con.execute(f"SELECT count(*) FROM picked JOIN d USING (sample_id) WHERE {graded_any}").fetchall()[0][0]:
+    graded_any = " AND ".join(f"std_{name} IS NOT NULL" for name in weights)
+    if not con.execute(f"SELECT count(*) FROM picked WHERE {graded_any}").fetchall()[0][0]:
         return None  # the difficulty rows say so without a pass over the rollouts
     expr = " + ".join(f"{w!r} * coalesce(r.{name}, 0)" for name, w in weights.items())
     graded = " AND ".join(f"count(r.{name}) > 0" for name in weights)
@@ -274,11 +273,11 @@ def _perception_zero_std(con, run_id: str) -> float | None:
 
 def _zero_advantage(con, group_size: int, stage: str, run_id: str) -> dict:
     stds = ", ".join(
-        f"avg(CASE WHEN d.std_{c} = 0 THEN 1.0 ELSE 0.0 END) FILTER (WHERE d.std_{c} IS NOT NULL) AS {c}" for c in REWARD_COLUMNS
+        f"avg(CASE WHEN std_{c} = 0 THEN 1.0 ELSE 0.0 END) FILTER (WHERE std_{c} IS NOT NULL) AS {c}" for c in REWARD_COLUMNS
     )
     row = con.execute(
-        f"SELECT avg(p.p_degenerate), avg(pow(p.pass_rate, {group_size}) + pow(1 - p.pass_rate, {group_size})), {stds} "
-        f"FROM picked p LEFT JOIN (SELECT sample_id, {', '.join(f'std_{c}' for c in REWARD_COLUMNS)} FROM d) d USING (sample_id)"
+        f"SELECT avg(p_degenerate), avg(pow(pass_rate, {group_size}) + pow(1 - pass_rate, {group_size})), {stds} "
+        "FROM picked"
     ).fetchall()[0]
     observed = {c: v for c, v in zip(REWARD_COLUMNS, row[2:]) if v is not None}
     note = ("accuracy_predicted: mean over the stage of P(all G accuracies equal) = E[p^G + (1-p)^G] under the "

@@ -3,6 +3,7 @@
 Layout of a store directory::
 
     tables/<table>/part-<run_id>-<n>.parquet   immutable parts, renamed into place when complete
+    tmp/<run_id>/                              what the writer spills to disk (removed when it ends)
     images/<ab>/<sha256>.<ext>                 content-addressed copies of every ingested image
     catalog.duckdb                             views samples, rejects, rollouts, runs, difficulty
     cache/difficulty/<run_id>.<fp>.parquet     each run's difficulty rows (derived; see curate.difficulty)
@@ -22,6 +23,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import socket
 import sys
 import time
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from curate.errors import PebrError
+from schemas import RUN_COLUMNS, SCHEMA_VERSION, TABLE_NAMES
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -78,14 +81,14 @@ class Store:
         return self
 
     def init(self) -> Store:
-        from schemas.tables import TABLES
-
-        for name, schema in TABLES.items():
+        for name in TABLE_NAMES:
             d = self.table_dir(name)
             d.mkdir(parents=True, exist_ok=True)
             if not (d / _EMPTY_PART).exists():
+                from schemas.tables import TABLES
+
                 # An empty typed part keeps every view valid before the first write.
-                self._write_atomic(d / _EMPTY_PART, schema.empty_table())
+                self._write_atomic(d / _EMPTY_PART, TABLES[name].empty_table())
         self.images_dir.mkdir(parents=True, exist_ok=True)
         return self
 
@@ -146,6 +149,7 @@ class Store:
                     part.unlink()
         for tmp in (self.root / "tables").glob("*/.*.tmp"):
             tmp.unlink()
+        shutil.rmtree(self.root / "tmp", ignore_errors=True)  # what a killed writer spilled to disk
 
     # -- writing --------------------------------------------------------------------------
     def write(self, name: str, table: pa.Table, run_id: str) -> Path | None:
@@ -163,14 +167,33 @@ class Store:
         return path
 
     def add_run(self, run_id: str, kind: str, **fields) -> None:
-        """Write the run's row in `runs`; for an ingest this commits its samples and rejects."""
-        row = {"run_id": run_id, "kind": kind, "created_at": _now(), "code_version": code_version(),
+        """Write the run's row in `runs`; for an ingest this commits its samples and rejects.
+
+        Written by DuckDB (a one-row COPY), so a command that only runs SQL never loads pyarrow.
+        """
+        import duckdb
+
+        self._require_lock()
+        row = {"run_id": run_id, "kind": kind, "created_at": _now().isoformat(), "code_version": code_version(),
                "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
         for key, value in fields.items():
             row[key] = json.dumps(value, sort_keys=True, default=str) if isinstance(value, dict) else value
-        import pyarrow as pa
-
-        self.write("runs", pa.Table.from_pylist([row]), run_id)
+        unknown = sorted(set(row) - set(RUN_COLUMNS))
+        if unknown:
+            raise ValueError(f"runs: unknown columns {unknown}")
+        columns = ", ".join(f"CAST(${i + 1} AS {'TIMESTAMPTZ' if c == 'created_at' else 'VARCHAR'}) AS {c}"
+                            for i, c in enumerate(RUN_COLUMNS))
+        path = self.table_dir("runs") / f"part-{run_id}-00000.parquet"
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        meta = "{'pebr.table': 'runs', 'pebr.schema_version': " + sql_literal(str(SCHEMA_VERSION)) + "}"
+        try:
+            with duckdb.connect() as con:
+                con.execute(f"COPY (SELECT {columns}) TO {sql_literal(tmp)} (FORMAT parquet, COMPRESSION zstd, "
+                            f"KV_METADATA {meta})", [row.get(c) for c in RUN_COLUMNS])
+            _fsync(tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     @staticmethod
     def _write_atomic(path: Path, table: pa.Table) -> None:
@@ -178,8 +201,7 @@ class Store:
 
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
         pq.write_table(table, tmp, compression="zstd")
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        _fsync(tmp)
         os.replace(tmp, path)
 
     def put_image(self, data: bytes, suffix: str) -> str:
@@ -248,6 +270,11 @@ class Store:
         os.replace(tmp, self.root / CATALOG)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(f"{tmp}.wal")
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
 
 
 def part_run(part: Path) -> str | None:

@@ -10,13 +10,23 @@ from __future__ import annotations
 
 import importlib
 
-_TABLE_NAMES = {"DIFFICULTY_COLUMNS", "REJECTS", "ROLLOUTS", "RUNS", "SAMPLES", "SCHEMA_VERSION",
-                "TABLES", "SchemaError", "conform"}
+_TABLE_NAMES = {"DIFFICULTY_COLUMNS", "REJECTS", "ROLLOUTS", "RUNS", "SAMPLES", "TABLES", "SchemaError", "conform"}
+
+SCHEMA_VERSION = 1
+"""Version of the table layouts, kept in each Parquet file's metadata (`pebr.schema_version`); bumped
+whenever a column is added, removed or changes type."""
+
+TABLE_NAMES = ("samples", "rejects", "rollouts", "runs")
+"""The store's tables (`schemas.tables.TABLES` has their Arrow schemas)."""
+
+RUN_COLUMNS = ("run_id", "kind", "created_at", "model", "engine", "sampling", "grader_version", "config", "parent_run",
+               "command", "code_version")
+"""Columns of `runs`, in order (`schemas.tables.RUNS`): created_at is a UTC timestamp, the rest strings."""
 
 REWARD_COLUMNS = ("accuracy", "format", "keyword", "length", "clip", "overall")
 """One float column per reward component in `rollouts` (and a mean and std of each in `difficulty`)."""
 
-__all__ = sorted(_TABLE_NAMES | {"REWARD_COLUMNS"})
+__all__ = sorted(_TABLE_NAMES | {"REWARD_COLUMNS", "RUN_COLUMNS", "SCHEMA_VERSION", "TABLE_NAMES"})
 
 
 def __getattr__(name: str):

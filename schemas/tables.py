@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from schemas import REWARD_COLUMNS
-
-SCHEMA_VERSION = 1
-"""Bumped whenever a column is added, removed or changes type."""
+from schemas import REWARD_COLUMNS, SCHEMA_VERSION
 
 
 def _schema(name: str, fields: list[pa.Field]) -> pa.Schema:

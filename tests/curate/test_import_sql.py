@@ -146,3 +146,40 @@ def test_paths_with_quotes(tmp_path):
     r = import_rollouts(s, write_jsonl(root / "o'dump.jsonl", dump))
     assert (r.lines, r.rollouts) == (2, 2)
     assert select_stage(s, SelectOptions(stage="perception", out=root / "st'age")).rows == 1
+
+
+def test_positions_survive_a_parallel_reading(tmp_path, store, monkeypatch):
+    """The dump is read by several threads in 1 MiB buffers; each rollout's index is still its line."""
+    import curate.importer
+
+    monkeypatch.setattr(curate.importer, "MAX_RECORD_BYTES", 1 << 20)
+    lines = [{"qid": f"q{(i * 7) % 3}", "response": f"response {i:06d} " + "x" * (i % 200), "ground_truth": "0",
+              "score": {"accuracy": float(i % 3 == 0)}} for i in range(30_000)]
+    lines[12_345] = "{broken"
+    path = write_jsonl(tmp_path / "big.jsonl", lines)
+    assert path.stat().st_size > 4 << 20
+    r = import_rollouts(store, path)
+    assert (r.lines, r.rollouts, r.unreadable) == (30_000, 29_999, 1)
+    got = store.connect().execute("select rollout_idx, qid, response from rollouts order by rollout_idx").fetchall()
+    want = [(i, x["qid"], x["response"]) for i, x in enumerate(lines) if i != 12_345]
+    assert got == want
+
+
+def test_imported_part_has_the_rollouts_schema(tmp_path, store):
+    import pyarrow.parquet as pq
+
+    from curate.store import part_run
+    from schemas import ROLLOUTS, RUN_COLUMNS, RUNS
+
+    lines = [{"qid": "q0", "response": "r", "ground_truth": "x", "score": {"accuracy": 1.0}}]
+    r = import_rollouts(store, write_jsonl(tmp_path / "a.jsonl", lines))
+    part = next(p for p in store.table_dir("rollouts").glob("part-*.parquet") if part_run(p) == r.run_id)
+    assert [(f.name, f.type) for f in pq.read_schema(part)] == [(f.name, f.type) for f in ROLLOUTS]
+    # the run's row, written by DuckDB, reads back with the runs schema and its metadata
+    run = store.table_dir("runs") / f"part-{r.run_id}-00000.parquet"
+    schema = pq.read_schema(run)
+    assert [(f.name, f.type) for f in schema] == [(f.name, f.type) for f in RUNS] and tuple(RUNS.names) == RUN_COLUMNS
+    assert schema.metadata[b"pebr.table"] == b"runs"
+    row = next(x for x in store.read("runs").to_pylist() if x["run_id"] == r.run_id)
+    assert row["kind"] == "import" and row["created_at"].tzinfo is not None and json.loads(row["config"])["lines"] == 1
+    assert not (store.root / "tmp").exists() or not any((store.root / "tmp").iterdir())
