@@ -2,11 +2,12 @@
 
 A deterministic dump of 250,000 questions x 8 rollouts (2,000,000 lines, responses of about 100
 characters like the reference's truncated dumps) and matching samples are generated; then each
-step runs as its own process, timed, with its peak RSS read from wait4. Targets: end to end at
-least 2x faster than `reference_split.py`, each re-selection at least 10x faster, every process
-of ours under 1 GiB, and band counts identical to the reference's.
+step runs as its own process, timed, with its peak RSS read from wait4. The reference and ours
+run in turns, --repeats times (each of ours from the same store without rollouts); the figures are
+medians. Targets: end to end at least 2x faster than `reference_split.py`, each re-selection at
+least 10x faster, every process of ours under 1 GiB, and band counts identical to the reference's.
 
-Run: python benchmarks/bench_select.py [--questions N] [--dir DIR] [--results FILE]
+Run: python benchmarks/bench_select.py [--questions N] [--repeats R] [--dir DIR] [--results FILE]
 (`just bench` runs `test_select_benchmark` below through pytest).
 """
 
@@ -18,6 +19,7 @@ import json
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -147,7 +149,7 @@ def _ours(store: Path, dump: Path, out: Path, use_cli: bool) -> tuple[list[tuple
     return steps, counts
 
 
-def run(questions: int = 250_000, work: Path | None = None, results: Path | None = None) -> dict:
+def run(questions: int = 250_000, work: Path | None = None, results: Path | None = None, repeats: int = 3) -> dict:
     own = work is None
     work = Path(work or tempfile.mkdtemp(prefix="pebr-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -155,7 +157,7 @@ def run(questions: int = 250_000, work: Path | None = None, results: Path | None
     if any(work.iterdir()) and not marker.exists():
         raise SystemExit(f"{work} is not empty and was not made by this benchmark; pass an empty or new --dir")
     marker.touch()
-    for leftover in ("store", "out", "ref"):  # a kept --dir starts over
+    for leftover in ("store", "pristine", "out", "ref"):  # a kept --dir starts over
         shutil.rmtree(work / leftover, ignore_errors=True)
     try:
         t0 = time.perf_counter()
@@ -166,28 +168,49 @@ def run(questions: int = 250_000, work: Path | None = None, results: Path | None
         if prep.returncode:
             raise RuntimeError(f"benchmark set-up failed ({prep.returncode}):\n{prep.stderr[-3000:]}")
         expected = json.loads(prep.stdout.strip().splitlines()[-1])
+        shutil.copytree(work / "store", work / "pristine")  # the store before any import, for each repeat
         setup_s = time.perf_counter() - t0
-        ref_s, ref_rss, ref_out = _timed([sys.executable, str(REPO / "benchmarks" / "reference_split.py"),
-                                          str(work / "rollout_results.jsonl"), str(work / "data.json"), str(work / "ref")], dict(os.environ))
-        ref_counts = json.loads(ref_out)
         use_cli = _cli_has_select()
-        steps, counts = _ours(work / "store", work / "rollout_results.jsonl", work / "out", use_cli)
-        total = sum(s for _, s, _ in steps)
-        selects = [s for name, s, _ in steps if name.startswith("select")]
+        # Repeats alternate the reference and ours, so both see the same phases of a noisy machine;
+        # each of ours starts from the same store, without rollouts.
+        refs, runs = [], []
+        for _ in range(repeats):
+            ref_s, ref_rss, ref_out = _timed([sys.executable, str(REPO / "benchmarks" / "reference_split.py"),
+                                              str(work / "rollout_results.jsonl"), str(work / "data.json"), str(work / "ref")],
+                                             dict(os.environ))
+            refs.append((ref_s, ref_rss, json.loads(ref_out)))
+            for leftover in ("store", "out"):
+                shutil.rmtree(work / leftover, ignore_errors=True)
+            shutil.copytree(work / "pristine", work / "store")
+            runs.append(_ours(work / "store", work / "rollout_results.jsonl", work / "out", use_cli))
+        ref_s = statistics.median(s for s, _, _ in refs)
+        names = [name for name, _, _ in runs[0][0]]
+        step_s = {name: statistics.median(steps[i][1] for steps, _ in runs) for i, name in enumerate(names)}
+        step_rss = {name: max(steps[i][2] for steps, _ in runs) for i, name in enumerate(names)}
+        totals = [sum(s for _, s, _ in steps) for steps, _ in runs]
+        total = statistics.median(totals)
+        selects = [s for name, s in step_s.items() if name.startswith("select")]
+        counts = runs[0][1]
+        ref_counts = refs[0][2]
         report = {
             "questions": questions, "lines": questions * ROLLOUTS, "setup_s": round(setup_s, 1), "via": "cli" if use_cli else "library",
-            "reference": {"seconds": round(ref_s, 2), "peak_rss_mib": round(ref_rss / 2**20), "counts": ref_counts},
-            "ours": {name: {"seconds": round(s, 2), "peak_rss_mib": round(rss / 2**20)} for name, s, rss in steps},
-            "ours_total_s": round(total, 2), "counts": counts, "expected": expected,
+            "repeats": repeats, "statistic": "median over the repeats",
+            "reference": {"seconds": round(ref_s, 2), "peak_rss_mib": round(max(r for _, r, _ in refs) / 2**20), "counts": ref_counts,
+                          "all_seconds": [round(s, 2) for s, _, _ in refs]},
+            "ours": {name: {"seconds": round(step_s[name], 2), "peak_rss_mib": round(step_rss[name] / 2**20),
+                            "all_seconds": [round(steps[i][1], 2) for steps, _ in runs]} for i, name in enumerate(names)},
+            "ours_total_s": round(total, 2), "ours_all_totals_s": [round(t, 2) for t in totals],
+            "counts": counts, "expected": expected,
             "speedup_end_to_end": round(ref_s / total, 2), "speedup_min_reselect": round(ref_s / max(selects), 1),
-            "peak_rss_mib_max": round(max(rss for *_, rss in steps) / 2**20),
+            "peak_rss_mib_max": round(max(step_rss.values()) / 2**20),
             "cpu_count": os.cpu_count(),
         }
+        same = all(c == counts for _, c in runs) and all(c == ref_counts for _, _, c in refs)
         report["targets_met"] = {
             "end_to_end_2x": report["speedup_end_to_end"] >= 2,
             "reselect_10x": report["speedup_min_reselect"] >= 10,
-            "memory_under_1GiB": max(rss for *_, rss in steps) < GIB,
-            "identical_band_counts": counts == ref_counts == expected,
+            "memory_under_1GiB": max(step_rss.values()) < GIB,
+            "identical_band_counts": same and counts == ref_counts == expected,
         }
         _print(report)
         if results:
@@ -203,7 +226,7 @@ def _print(report: dict) -> None:
     from rich.table import Table
 
     t = Table(title=f"curate select vs reference split: {report['lines']:,} rollouts of {report['questions']:,} questions "
-                    f"({report['cpu_count']} CPUs, via {report['via']})")
+                    f"({report['cpu_count']} CPUs, via {report['via']}; medians of {report['repeats']} runs)")
     t.add_column("step")
     t.add_column("seconds", justify="right")
     t.add_column("peak RSS MiB", justify="right")
@@ -217,7 +240,7 @@ def _print(report: dict) -> None:
 
 
 def test_select_benchmark():
-    report = run(int(os.environ.get("PEBR_BENCH_QUESTIONS", 250_000)))
+    report = run(int(os.environ.get("PEBR_BENCH_QUESTIONS", 250_000)), repeats=int(os.environ.get("PEBR_BENCH_REPEATS", 3)))
     assert all(report["targets_met"].values()), report["targets_met"]
 
 
@@ -226,6 +249,7 @@ if __name__ == "__main__":
     ap.add_argument("--questions", type=int, default=250_000)
     ap.add_argument("--dir", type=Path, default=None, help="work folder to keep (default: a temporary one, removed)")
     ap.add_argument("--results", type=Path, default=None, help="write the figures as JSON here")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each side; the figures are medians")
     ap.add_argument("--prepare", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.prepare:  # the set-up step run() starts in a child process
@@ -233,5 +257,5 @@ if __name__ == "__main__":
         ingest_samples(args.prepare / "store", args.questions)
         print(json.dumps(counts))
         sys.exit(0)
-    rep = run(args.questions, args.dir, args.results)
+    rep = run(args.questions, args.dir, args.results, args.repeats)
     sys.exit(0 if all(rep["targets_met"].values()) else 1)

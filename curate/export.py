@@ -22,6 +22,8 @@ from curate.store import sql_literal
 from rewards.prompt import IMAGE_PLACEHOLDER, PROMPT_TEMPLATE
 
 BATCH_ROWS = 8192
+ROW_GROUP_ROWS = 16384
+"""Rows per row group of a stage dataset's Parquet file: several groups, so DuckDB encodes them in parallel."""
 IMAGE_CACHE_BYTES = 64 << 20
 IMAGE_BATCH_BYTES = 64 << 20
 IMAGE_MODES = ("path", "embed")
@@ -59,12 +61,19 @@ def prompt_pieces_sql(problem: str, template: str = PROMPT_TEMPLATE) -> str:
     return f"string_split({sql_literal(prefix)} || {problem} || {sql_literal(suffix)}, {sql_literal(IMAGE_PLACEHOLDER)})"
 
 
-def prompt_sql(problem: str, n_images: str, template: str = PROMPT_TEMPLATE) -> str:
+def prompt_parts_sql(problem: str) -> str:
+    """SQL splitting the `problem` column at its ``<image>`` marks, for `prompt_sql(parts=...)`."""
+    return f"string_split({problem}, {sql_literal(IMAGE_PLACEHOLDER)})"
+
+
+def prompt_sql(problem: str, n_images: str, template: str = PROMPT_TEMPLATE, parts: str | None = None) -> str:
     """SQL for the chat prompt of `build_messages(problem, n_images, template)`, row by row.
 
-    The common shapes (one image and no mark, or at most one image and one mark) are built with
-    plain string functions; any other row goes through the `pebr_prompt` macro (`prompt_macro`),
-    whose list lambdas cost several times more per row.
+    The common shapes (one image and no mark, or at most one image and one mark) are built from the
+    problem split at its marks (`parts`, a column holding `prompt_parts_sql(problem)`, computed once
+    per row by the caller; default: split here), specialised in Python to the template's fixed text;
+    any other row goes through the `pebr_prompt` macro (`prompt_macro`), whose list lambdas cost
+    several times more per row.
     """
     general = f"pebr_prompt({prompt_pieces_sql(problem, template)}, {n_images})"
     prefix, suffix = _template_parts(template)
@@ -74,25 +83,37 @@ def prompt_sql(problem: str, n_images: str, template: str = PROMPT_TEMPLATE) -> 
     straddles = any(prefix.endswith(mark[:i]) or suffix.startswith(mark[i:]) for i in range(1, len(mark)))
     if mark in prefix + suffix or straddles:
         return general
-    pre, suf, mark = sql_literal(prefix), sql_literal(suffix), sql_literal(mark)
+    parts = parts or prompt_parts_sql(problem)
     image = "{'type': 'image', 'text': NULL::VARCHAR}"
 
     def text(expr: str) -> str:
         return f"{{'type': 'text', 'text': {expr}}}"
 
-    def message(content: str) -> str:
-        return f"[{{'role': 'user', 'content': {content}}}]"
+    def message(*content: str) -> str:
+        return f"[{{'role': 'user', 'content': [{', '.join(content)}]}}]"
 
-    before, after = f"({pre} || split_part({problem}, {mark}, 1))", f"(split_part({problem}, {mark}, 2) || {suf})"
-    marks = f"((length({problem}) - length(replace({problem}, {mark}, ''))) // {len(IMAGE_PLACEHOLDER)})"
-    whole = f"({pre} || {problem} || {suf})"
+    def joined(*pieces: str) -> str:
+        return " || ".join(p for p in pieces if p)
+
+    pre, suf = (sql_literal(t) if t else "" for t in (prefix, suffix))
+    before, after = joined(pre, f"{parts}[1]"), joined(f"{parts}[2]", suf)
+    # A side of the mark can only be empty when the template adds nothing there.
+    if prefix and suffix:
+        one_mark = message(text(before), image, text(after))
+    else:
+        cases = []
+        if not prefix and not suffix:
+            cases.append(f"WHEN {parts}[1] = '' AND {parts}[2] = '' THEN {message(image)}")
+        if not prefix:
+            cases.append(f"WHEN {parts}[1] = '' THEN {message(image, text(after))}")
+        if not suffix:
+            cases.append(f"WHEN {parts}[2] = '' THEN {message(text(before), image)}")
+        one_mark = f"CASE {' '.join(cases)} ELSE {message(text(before), image, text(after))} END"
+    whole = joined(pre, problem, suf)
+    no_mark = f"len({parts}) = 1 AND {n_images} = 1" + ("" if prefix or suffix else f" AND {problem} <> ''")
     return f"""CASE
-  WHEN {marks} = 0 AND {n_images} = 1 AND {whole} <> '' THEN {message(f"[{image}, {text(whole)}]")}
-  WHEN {marks} = 1 AND {n_images} <= 1 THEN CASE
-    WHEN {before} = '' AND {after} = '' THEN {message(f"[{image}]")}
-    WHEN {before} = '' THEN {message(f"[{image}, {text(after)}]")}
-    WHEN {after} = '' THEN {message(f"[{text(before)}, {image}]")}
-    ELSE {message(f"[{text(before)}, {image}, {text(after)}]")} END
+  WHEN {no_mark} THEN {message(image, text(whole))}
+  WHEN len({parts}) = 2 AND {n_images} <= 1 THEN {one_mark}
   ELSE {general} END"""
 
 
@@ -110,7 +131,9 @@ def images_sql(column: str, store_root: Path, mode: str) -> str:
 
 
 def gold_response_sql(extra: str = "extra") -> str:
-    return "coalesce(" + ", ".join(f"json_extract_string({extra}, '$.{k}')" for k in GOLD_RESPONSE_KEYS) + ")"
+    """SQL for the gold response in `extra` (the first of GOLD_RESPONSE_KEYS present), the JSON parsed once."""
+    paths = ", ".join(f"'$.{k}'" for k in GOLD_RESPONSE_KEYS)
+    return f"list_any_value(json_extract_string({extra}, [{paths}]))"
 
 
 class ImageReader:
@@ -185,7 +208,8 @@ def write_parquet(con, query: str, path: Path, store_root: Path, images: str = "
     try:
         if images == "path":
             rows = con.execute(f"COPY ({query}) TO {sql_literal(tmp)} "
-                               f"(FORMAT parquet, COMPRESSION zstd, KV_METADATA {{huggingface: {sql_literal(HF_FEATURES)}}})"
+                               f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP_ROWS}, "
+                               f"KV_METADATA {{huggingface: {sql_literal(HF_FEATURES)}}})"
                                ).fetchall()[0][0]  # COPY answers with the rows it wrote
         else:
             rows = _write_embedded(con.sql(query).to_arrow_reader(BATCH_ROWS), tmp, store_root)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -19,7 +20,7 @@ from pathlib import Path
 from curate.difficulty import DEFAULT_GROUP_SIZE, STAGE_BANDS, difficulty_query, load_difficulty, resolve_run
 from curate.errors import PebrError
 from curate.export import (BATCH_ROWS, IMAGE_MODES, STAGE_COLUMNS, gold_response_sql, images_sql,
-                           llamafactory_dataset_info, prompt_macro, prompt_sql, sha256_file,
+                           llamafactory_dataset_info, prompt_macro, prompt_parts_sql, prompt_sql, sha256_file,
                            write_json_records, write_parquet)
 from curate.store import Store, code_version, sql_literal
 from rewards.prompt import PROMPT_TEMPLATE
@@ -29,6 +30,7 @@ FORMATS = ("parquet", "easyr1", "sharegpt")
 PARQUET_NAME = "train.parquet"
 MANIFEST_NAME = "manifest.json"
 PERCEPTION_CAPS = ("perception_coarse", "perception_fine")
+EXPORT_ROWS_PER_THREAD = 250_000
 
 
 @dataclass
@@ -155,10 +157,11 @@ def _selection(store: Store, con, opts: SelectOptions, band: str, run_id: str) -
     diff = difficulty_query(run_id, easy_min=opts.easy_min, hard_max=opts.hard_max, group_size=opts.group_size,
                             relation=rows)
     con.execute(f"CREATE OR REPLACE TEMP VIEW d AS {diff}")
-    steps: dict[str, int] = {}
-    # Every difficulty row is a sample's: rollouts are matched to samples when they are written.
-    steps["band"] = con.execute("SELECT count(*) FROM d WHERE band = ?", [band]).fetchall()[0][0]
-    conds = [f"d.band = '{band}'"]
+    # The band's rows, read once; every step below starts from them. Every difficulty row is a
+    # sample's: rollouts are matched to samples when they are written.
+    con.execute(f"CREATE OR REPLACE TEMP TABLE band_rows AS SELECT * FROM d WHERE band = {sql_literal(band)}")
+    steps: dict[str, int] = {"band": con.execute("SELECT count(*) FROM band_rows").fetchall()[0][0]}
+    conds = ["true"]
     if opts.sources:
         conds.append(f"d.source IN {_in_list(opts.sources)}")
     if opts.capabilities:
@@ -168,9 +171,9 @@ def _selection(store: Store, con, opts: SelectOptions, band: str, run_id: str) -
     seed = str(int(opts.seed))
     # The difficulty rows carry source and capability; the samples are read only when --where or
     # --dedup may need their other columns.
-    source = "d"
+    source = "band_rows d"
     if opts.where or opts.dedup:
-        source = "samples s JOIN (SELECT * EXCLUDE (source, capability) FROM d) d USING (sample_id)"
+        source = "samples s JOIN (SELECT * EXCLUDE (source, capability) FROM band_rows) d USING (sample_id)"
         conds = [c.replace("d.source ", "s.source ").replace("d.capability ", "s.capability ") for c in conds]
     dedup = ""
     if opts.dedup:
@@ -180,7 +183,6 @@ def _selection(store: Store, con, opts: SelectOptions, band: str, run_id: str) -
     import duckdb
 
     try:
-        # A view: the steps below read it once or twice, cheaper than materialising it.
         con.execute(f"""CREATE OR REPLACE TEMP VIEW cand AS
             SELECT sample_id, source, capability, n, k, pass_rate, band, p_degenerate, {stds},
                 md5_number('{seed}:' || sample_id) AS rank_key
@@ -215,7 +217,7 @@ def _selection(store: Store, con, opts: SelectOptions, band: str, run_id: str) -
 def _export_sql(store: Store, images: str, template: str) -> str:
     """The stage rows (STAGE_COLUMNS) in seeded order; needs the `pebr_prompt` macro."""
     cols = {
-        "prompt": prompt_sql("problem", "len(images_rel)", template),
+        "prompt": prompt_sql("problem", "len(images_rel)", template, parts="prompt_parts"),
         "images": images_sql("images_rel", store.root, images),
         "answer": "answer",
         "key_words": "key_words",
@@ -238,6 +240,7 @@ def _export_sql(store: Store, images: str, template: str) -> str:
     rows = ("SELECT s.sample_id, s.source, s.capability, s.qid, s.problem, s.answer, s.key_words, s.images AS images_rel, "
             "s.extra, p.n, p.k, p.pass_rate, p.band, p.p_degenerate FROM picked p JOIN samples s USING (sample_id) "
             "ORDER BY p.rank_key")
+    rows = f"SELECT *, {prompt_parts_sql('problem')} AS prompt_parts FROM ({rows})"
     return f"SELECT {select} FROM ({rows})"
 
 
@@ -358,6 +361,10 @@ def select_stage(store: Store, opts: SelectOptions) -> SelectReport:
         _prepare_out(out)
         files: dict[str, str] = {}
         con.execute(prompt_macro())
+        # One export thread per EXPORT_ROWS_PER_THREAD rows: below that, DuckDB's parallel sort and
+        # writer cost more than they save (and hold more memory).
+        picked_rows = sum(n for *_, n in counts)
+        con.execute(f"SET threads = {max(1, min(os.cpu_count() or 1, picked_rows // EXPORT_ROWS_PER_THREAD))}")
         rows = write_parquet(con, _export_sql(store, opts.images, opts.template), out / PARQUET_NAME, store.root, opts.images)
         files[PARQUET_NAME] = sha256_file(out / PARQUET_NAME)
         skipped = 0
