@@ -127,7 +127,9 @@ def images_sql(column: str, store_root: Path, mode: str) -> str:
     """The `images` column: struct<bytes, path> per image; bytes NULL (filled later when embedding),
     path absolute under the store for `path`, the store-relative path (replaced) for `embed`."""
     prefix = "" if mode == "embed" else Path(store_root).absolute().as_posix().rstrip("/") + "/"
-    return f"list_transform({column}, lambda x: {{'bytes': NULL::BLOB, 'path': {sql_literal(prefix)} || x}})"
+    one = f"[{{'bytes': NULL::BLOB, 'path': {sql_literal(prefix)} || {column}[1]}}]"  # the common case, without a lambda
+    many = f"list_transform({column}, lambda x: {{'bytes': NULL::BLOB, 'path': {sql_literal(prefix)} || x}})"
+    return f"CASE WHEN len({column}) = 1 THEN {one} ELSE {many} END"
 
 
 def gold_response_sql(extra: str = "extra") -> str:

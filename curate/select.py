@@ -159,7 +159,10 @@ def _selection(store: Store, con, opts: SelectOptions, band: str, run_id: str) -
     con.execute(f"CREATE OR REPLACE TEMP VIEW d AS {diff}")
     # The band's rows, read once; every step below starts from them. Every difficulty row is a
     # sample's: rollouts are matched to samples when they are written.
-    con.execute(f"CREATE OR REPLACE TEMP TABLE band_rows AS SELECT * FROM d WHERE band = {sql_literal(band)}")
+    stds = ", ".join(f"std_{c}" for c in REWARD_COLUMNS)  # for the manifest's observed zero-std shares
+    # --where may name any difficulty column; otherwise only those the steps and the export use.
+    columns = "*" if opts.where else f"sample_id, source, capability, n, k, pass_rate, band, p_degenerate, {stds}"
+    con.execute(f"CREATE OR REPLACE TEMP TABLE band_rows AS SELECT {columns} FROM d WHERE band = {sql_literal(band)}")
     steps: dict[str, int] = {"band": con.execute("SELECT count(*) FROM band_rows").fetchall()[0][0]}
     conds = ["true"]
     if opts.sources:
@@ -179,7 +182,6 @@ def _selection(store: Store, con, opts: SelectOptions, band: str, run_id: str) -
     if opts.dedup:
         dedup = ("QUALIFY row_number() OVER (PARTITION BY md5(s.problem || chr(0) || array_to_string(s.images, chr(1))) "
                  "ORDER BY rank_key) = 1")
-    stds = ", ".join(f"std_{c}" for c in REWARD_COLUMNS)  # for the manifest's observed zero-std shares
     import duckdb
 
     try:

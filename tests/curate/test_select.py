@@ -284,3 +284,16 @@ def test_export_trains_one_grpo_step(tmp_path, mixed):
     trainer = GRPOTrainer(model=str(model), reward_funcs=reward, args=args, train_dataset=ds)
     trainer.train()
     assert trainer.state.global_step == 1 and seen and set(seen) <= set(ds["answer"])
+
+
+@pytest.mark.parametrize("mode", ["path", "embed"])
+def test_images_column_for_any_number_of_images(tmp_path, mode):
+    import duckdb
+
+    from curate.export import images_sql
+
+    lists = [[], ["images/ab/x.png"], ["images/ab/x.png", "images/cd/y.jpg"]]
+    got = duckdb.connect().execute(f"SELECT {images_sql('i', tmp_path, mode)} FROM (SELECT unnest(?) AS i, "
+                                   "generate_subscripts(?, 1) AS o) ORDER BY o", [lists, lists]).fetchall()
+    prefix = "" if mode == "embed" else tmp_path.absolute().as_posix() + "/"
+    assert [g for (g,) in got] == [[{"bytes": None, "path": prefix + p} for p in paths] for paths in lists]
