@@ -26,10 +26,13 @@ from curate.difficulty import warm_cache
 from curate.errors import PebrError
 from curate.store import Store, new_run_id, sql_literal
 
-MAX_RECORD_BYTES = 64 << 20
-"""Largest line (JSON record) the reader accepts."""
+MAX_RECORD_BYTES = 16 << 20
+"""Largest line (JSON record) the reader accepts; a longer one counts as unreadable."""
 MEMORY_LIMIT = "512MB"
 """DuckDB's memory limit for an import; the dump's table spills to <store>/tmp beyond it."""
+MAX_THREADS = 4
+"""Most DuckDB threads of an import: each reading thread holds a buffer of 2 x MAX_RECORD_BYTES (at
+least 32 MiB), so more threads would not fit MEMORY_LIMIT."""
 
 
 @dataclass
@@ -106,6 +109,7 @@ def _import(store: Store, con, path: Path, run_id: str, fmt: str, select: str, c
             threshold: float, spill: Path) -> tuple[ImportReport, Path]:
     """Write the dump's rollouts as the run's part (not yet committed); returns the counts and the part."""
     con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
+    con.execute(f"SET threads = {max(1, min(os.cpu_count() or 1, MAX_THREADS))}")
     con.execute(f"SET temp_directory = {sql_literal(spill)}")
     source_filter = "WHERE source = ?" if source else ""
     con.execute("CREATE TEMP TABLE qmap AS SELECT qid, any_value(sample_id) AS sample_id, count(*) AS n "
