@@ -101,7 +101,7 @@ def import_rollouts(store: Store, path: Path, source: str | None = None, fmt: st
             warm_cache(store, run_id, con, rollouts=f"read_parquet({sql_literal(part)})")
         finally:
             con.close()
-            shutil.rmtree(spill, ignore_errors=True)
+            shutil.rmtree(spill.parent, ignore_errors=True)  # the writer lock is ours: nobody else spills there
         return report
 
 
