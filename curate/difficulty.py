@@ -37,20 +37,24 @@ MACROS = [
     "((k / n) + z * z / (2 * n) + z * sqrt((k / n) * (1 - k / n) / n + z * z / (4 * n * n))) / (1 + z * z / n) END",
 ]
 
-_stats = ",\n    ".join(
-    f"avg({c}) AS mean_{c}, stddev_pop({c}) AS std_{c}" for c in REWARD_COLUMNS
-)
+def _agg_sql(rollouts: str, run_filter: str = "", null_columns: tuple[str, ...] = ()) -> str:
+    """Per (run, sample) of `rollouts`: the counts and reward moments every other difficulty column
+    derives from. `null_columns` (reward columns, or n_tokens) are known to hold only NULLs in
+    `rollouts`, so their moments are NULL without a pass over them."""
 
-_AGG = f"""SELECT run_id, sample_id, count(*) AS n, count(*) FILTER (WHERE correct) AS k,
-    {_stats},
-    avg(n_tokens) AS mean_tokens
-  FROM {{rollouts}} WHERE sample_id IS NOT NULL{{run_filter}}
+    def moment(fn: str, column: str) -> str:
+        return "CAST(NULL AS DOUBLE)" if column in null_columns else f"{fn}({column})"
+
+    stats = ",\n    ".join(f"{moment('avg', c)} AS mean_{c}, {moment('stddev_pop', c)} AS std_{c}" for c in REWARD_COLUMNS)
+    return f"""SELECT run_id, sample_id, count(*) AS n, count(*) FILTER (WHERE correct) AS k,
+    {stats},
+    {moment('avg', 'n_tokens')} AS mean_tokens
+  FROM {rollouts} WHERE sample_id IS NOT NULL{run_filter}
   GROUP BY run_id, sample_id"""
-"""Per (run, sample): the counts and reward moments every other difficulty column derives from."""
 
 
 def _from_agg(agg: str, extra: str = "") -> str:
-    """The difficulty columns over a relation holding `_AGG`'s columns (plus `extra` ones)."""
+    """The difficulty columns over a relation holding `_agg_sql`'s columns (plus `extra` ones)."""
     return f"""SELECT run_id, sample_id, n, k, k / n AS pass_rate, band(k, n) AS band,
   wilson_low(k, n) AS ci_low, wilson_high(k, n) AS ci_high,
   {", ".join(f"mean_{c}, std_{c}" for c in REWARD_COLUMNS)},
@@ -58,7 +62,7 @@ def _from_agg(agg: str, extra: str = "") -> str:
 FROM {agg}"""
 
 
-DIFFICULTY_SQL = "CREATE OR REPLACE VIEW difficulty AS\n" + _from_agg(f"({_AGG.format(rollouts='rollouts', run_filter='')}) agg")
+DIFFICULTY_SQL = "CREATE OR REPLACE VIEW difficulty AS\n" + _from_agg(f"({_agg_sql('rollouts')}) agg")
 
 STAGE_BANDS = {"perception": "easy", "reasoning": "medium", "warmup": "hard"}
 """The paper's dataset-level sampling: which band feeds which training stage."""
@@ -132,11 +136,16 @@ def difficulty_query(run_id: str, *, easy_min: float = 1.0, hard_max: float = 0.
 CACHE_DIR = Path("cache") / "difficulty"
 STALE_CACHE_S = 600
 """A superseded cache file is removed once its replacement is this old (seconds)."""
-_RUN_ROWS = ("SELECT a.*, s.source, s.capability FROM ("
-             f"{_AGG.format(rollouts='{rollouts}', run_filter=' AND run_id = $run')}) a LEFT JOIN samples s USING (sample_id)")
-"""A run's cached rows: the aggregates of the difficulty view, with each sample's source and
-capability (selections and reports group and filter by them without reading the samples); the
-derived columns are computed on reading, by the view's own expressions."""
+def _run_rows_sql(rollouts: str = "rollouts", null_columns: tuple[str, ...] = ()) -> str:
+    return (f"SELECT a.*, s.source, s.capability FROM ({_agg_sql(rollouts, ' AND run_id = $run', null_columns)}) a "
+            "LEFT JOIN samples s USING (sample_id)")
+
+
+_RUN_ROWS = _run_rows_sql("{rollouts}")
+"""A run's cached rows (`_run_rows_sql`; this template is part of the cache file's fingerprint): the
+aggregates of the difficulty view, with each sample's source and capability (selections and reports
+group and filter by them without reading the samples); the derived columns are computed on reading,
+by the view's own expressions."""
 
 
 def cache_path(store, run_id: str) -> Path:
@@ -148,12 +157,13 @@ def cache_path(store, run_id: str) -> Path:
     return store.root / CACHE_DIR / f"{run_id}.{h.hexdigest()[:16]}.parquet"
 
 
-def cache_difficulty(store, con, run_id: str, rollouts: str = "rollouts") -> Path | None:
+def cache_difficulty(store, con, run_id: str, rollouts: str = "rollouts", null_columns: tuple[str, ...] = ()) -> Path | None:
     """Write the run's difficulty rows to the cache (atomically) unless present, and prune the run's
     superseded files (`_prune`). Returns the file, or None where the store cannot be written.
 
     `rollouts` is the FROM item read for the run's rollouts: the view, or (for a writer that has
-    just committed them) the run's own part files."""
+    just committed them) the run's own part files; `null_columns` as in `_agg_sql`, from a writer
+    that knows them."""
     import duckdb
 
     path = cache_path(store, run_id)
@@ -163,7 +173,7 @@ def cache_difficulty(store, con, run_id: str, rollouts: str = "rollouts") -> Pat
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        con.execute(f"COPY ({_RUN_ROWS.format(rollouts=rollouts)}) TO {sql_literal(tmp)} (FORMAT parquet, COMPRESSION zstd)",
+        con.execute(f"COPY ({_run_rows_sql(rollouts, null_columns)}) TO {sql_literal(tmp)} (FORMAT parquet, COMPRESSION zstd)",
                     {"run": run_id})
         os.replace(tmp, path)
     except (OSError, duckdb.IOException):
@@ -185,7 +195,7 @@ def _prune(current: Path, run_id: str) -> None:
                 old.unlink(missing_ok=True)
 
 
-def warm_cache(store, run_id: str, con=None, rollouts: str = "rollouts") -> Path | None:
+def warm_cache(store, run_id: str, con=None, rollouts: str = "rollouts", null_columns: tuple[str, ...] = ()) -> Path | None:
     """Write the run's cache file now (a run's writer calls this when it ends), so that the
     selections and reports that follow start from it. Only a speed-up: a failure here leaves the
     run as it is, and the next reader aggregates instead."""
@@ -193,10 +203,10 @@ def warm_cache(store, run_id: str, con=None, rollouts: str = "rollouts") -> Path
 
     try:
         if con is not None:
-            return cache_difficulty(store, con, run_id, rollouts)
+            return cache_difficulty(store, con, run_id, rollouts, null_columns)
         con = store.connect()
         try:
-            return cache_difficulty(store, con, run_id, rollouts)
+            return cache_difficulty(store, con, run_id, rollouts, null_columns)
         finally:
             con.close()
     except (OSError, duckdb.Error):
@@ -212,7 +222,7 @@ def load_difficulty(store, con, run_id: str, table: str = "run_difficulty") -> s
     if path is not None:
         relation = f"read_parquet({sql_literal(path)})"
         return f"({_from_agg(relation, ', source, capability')})"
-    rows = _RUN_ROWS.format(rollouts="rollouts")
+    rows = _run_rows_sql()
     con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {_from_agg(f'({rows})', ', source, capability')}",
                 {"run": run_id})
     return table

@@ -30,6 +30,8 @@ MAX_RECORD_BYTES = 16 << 20
 """Largest line (JSON record) the reader accepts; a longer one counts as unreadable."""
 MEMORY_LIMIT = "512MB"
 """DuckDB's memory limit for an import; the dump's table spills to <store>/tmp beyond it."""
+NULL_COLUMNS = ("format", "keyword", "length", "clip", "n_tokens")
+"""Rollout columns an import leaves NULL: dumps carry the accuracy only."""
 MAX_THREADS = 4
 """Most DuckDB threads of an import: each reading thread holds a buffer of 2 x MAX_RECORD_BYTES (at
 least 32 MiB), so more threads would not fit MEMORY_LIMIT."""
@@ -98,7 +100,7 @@ def import_rollouts(store: Store, path: Path, source: str | None = None, fmt: st
                 "unreadable": report.unreadable, "unmatched_rollouts": report.unmatched_rollouts,
             }, grader_version=f"imported:{fmt}")
             # So that every `curate select` of the run starts from it; read from the run's one part.
-            warm_cache(store, run_id, con, rollouts=f"read_parquet({sql_literal(part)})")
+            warm_cache(store, run_id, con, rollouts=f"read_parquet({sql_literal(part)})", null_columns=NULL_COLUMNS)
         finally:
             con.close()
             shutil.rmtree(spill.parent, ignore_errors=True)  # the writer lock is ours: nobody else spills there
@@ -131,7 +133,7 @@ def _import(store: Store, con, path: Path, run_id: str, fmt: str, select: str, c
     d = store.table_dir("rollouts")
     tmp = d / f".import-{uuid.uuid4().hex[:8]}.parquet.tmp"
     final = d / f"part-{run_id}-00000.parquet"
-    reward_nulls = ", ".join(f"CAST(NULL AS FLOAT) AS \"{c}\"" for c in ("format", "keyword", "length", "clip"))
+    reward_nulls = ", ".join(f"CAST(NULL AS FLOAT) AS \"{c}\"" for c in NULL_COLUMNS if c != "n_tokens")
     try:
         con.execute(f"""
             COPY (
