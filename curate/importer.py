@@ -94,7 +94,7 @@ def import_rollouts(store: Store, path: Path, source: str | None = None, fmt: st
         try:
             report, part = _import(store, con, path, run_id, fmt, select, columns, source, float(correct_threshold), spill)
             con.execute("DROP TABLE dump")
-            store.add_run(run_id, "import", config={
+            store.add_run(run_id, "import", con, config={
                 "path": str(path.absolute()), "format": fmt, "qid_field": qid_field, "source": source,
                 "correct_threshold": correct_threshold, "lines": report.lines, "rollouts": report.rollouts,
                 "unreadable": report.unreadable, "unmatched_rollouts": report.unmatched_rollouts,

@@ -166,10 +166,11 @@ class Store:
         self._write_atomic(path, table)
         return path
 
-    def add_run(self, run_id: str, kind: str, **fields) -> None:
+    def add_run(self, run_id: str, kind: str, con=None, **fields) -> None:
         """Write the run's row in `runs`; for an ingest this commits its samples and rejects.
 
-        Written by DuckDB (a one-row COPY), so a command that only runs SQL never loads pyarrow.
+        Written by DuckDB (a one-row COPY; through `con` when the caller has a connection open), so
+        a command that only runs SQL never loads pyarrow.
         """
         import duckdb
 
@@ -186,10 +187,13 @@ class Store:
         path = self.table_dir("runs") / f"part-{run_id}-00000.parquet"
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
         meta = "{'pebr.table': 'runs', 'pebr.schema_version': " + sql_literal(str(SCHEMA_VERSION)) + "}"
+        copy = f"COPY (SELECT {columns}) TO {sql_literal(tmp)} (FORMAT parquet, COMPRESSION zstd, KV_METADATA {meta})"
         try:
-            with duckdb.connect() as con:
-                con.execute(f"COPY (SELECT {columns}) TO {sql_literal(tmp)} (FORMAT parquet, COMPRESSION zstd, "
-                            f"KV_METADATA {meta})", [row.get(c) for c in RUN_COLUMNS])
+            if con is None:
+                with duckdb.connect() as own:
+                    own.execute(copy, [row.get(c) for c in RUN_COLUMNS])
+            else:
+                con.execute(copy, [row.get(c) for c in RUN_COLUMNS])
             _fsync(tmp)
             os.replace(tmp, path)
         finally:
