@@ -95,14 +95,11 @@ def resolve_run(con, run: str | None = None) -> str:
         if not con.execute("SELECT 1 FROM rollouts WHERE run_id = ? AND sample_id IS NOT NULL LIMIT 1", [run]).fetchall():
             raise PebrError(f"run {run!r} ({rows[0][0]}) has no rollouts matched to samples")
         return run
-    rows = con.execute(
-        f"SELECT r.run_id FROM runs r WHERE r.kind IN ({kinds}) AND EXISTS "
-        "(SELECT 1 FROM rollouts o WHERE o.run_id = r.run_id AND o.sample_id IS NOT NULL) "
-        "ORDER BY r.created_at DESC, r.run_id DESC LIMIT 1"
-    ).fetchall()
-    if not rows:
-        raise PebrError("the store has no rollouts yet: run `curate score` or `curate import-rollouts` first")
-    return rows[0][0]
+    candidates = con.execute(f"SELECT run_id FROM runs WHERE kind IN ({kinds}) ORDER BY created_at DESC, run_id DESC").fetchall()
+    for (run_id,) in candidates:  # newest first; one matched rollout is enough (the scan stops there)
+        if con.execute("SELECT 1 FROM rollouts WHERE run_id = ? AND sample_id IS NOT NULL LIMIT 1", [run_id]).fetchall():
+            return run_id
+    raise PebrError("the store has no rollouts yet: run `curate score` or `curate import-rollouts` first")
 
 
 def difficulty_query(run_id: str, *, easy_min: float = 1.0, hard_max: float = 0.0,

@@ -151,8 +151,9 @@ def mix_targets(coarse: int, fine: int, mix: float) -> tuple[int, int]:
 
 
 def _selection(store: Store, con, opts: SelectOptions, band: str, run_id: str) -> dict[str, int]:
-    """Build TEMP TABLE picked (sample_id, source, capability, the difficulty columns of the export,
-    rank_key) step by step; returns rows left after each step."""
+    """Build `picked` (sample_id, source, capability, the difficulty columns of the export, rank_key)
+    step by step: a temporary table, or a view of the band's rows when no option narrows them;
+    returns rows left after each step."""
     rows = load_difficulty(store, con, run_id)  # the run's cached difficulty rows, not every rollout
     diff = difficulty_query(run_id, easy_min=opts.easy_min, hard_max=opts.hard_max, group_size=opts.group_size,
                             relation=rows)
@@ -162,7 +163,9 @@ def _selection(store: Store, con, opts: SelectOptions, band: str, run_id: str) -
     stds = ", ".join(f"std_{c}" for c in REWARD_COLUMNS)  # for the manifest's observed zero-std shares
     # --where may name any difficulty column; otherwise only those the steps and the export use.
     columns = "*" if opts.where else f"sample_id, source, capability, n, k, pass_rate, band, p_degenerate, {stds}"
-    con.execute(f"CREATE OR REPLACE TEMP TABLE band_rows AS SELECT {columns} FROM d WHERE band = {sql_literal(band)}")
+    seed = str(int(opts.seed))
+    con.execute(f"CREATE OR REPLACE TEMP TABLE band_rows AS SELECT {columns}, md5_number('{seed}:' || sample_id) AS rank_key "
+                f"FROM d WHERE band = {sql_literal(band)}")
     steps: dict[str, int] = {"band": con.execute("SELECT count(*) FROM band_rows").fetchall()[0][0]}
     conds = ["true"]
     if opts.sources:
@@ -171,7 +174,6 @@ def _selection(store: Store, con, opts: SelectOptions, band: str, run_id: str) -
         conds.append(f"d.capability IN {_in_list(opts.capabilities)}")
     if opts.where:
         conds.append(f"({opts.where})")
-    seed = str(int(opts.seed))
     # The difficulty rows carry source and capability; the samples are read only when --where or
     # --dedup may need their other columns.
     source = "band_rows d"
@@ -186,8 +188,7 @@ def _selection(store: Store, con, opts: SelectOptions, band: str, run_id: str) -
 
     try:
         con.execute(f"""CREATE OR REPLACE TEMP VIEW cand AS
-            SELECT sample_id, source, capability, n, k, pass_rate, band, p_degenerate, {stds},
-                md5_number('{seed}:' || sample_id) AS rank_key
+            SELECT sample_id, source, capability, n, k, pass_rate, band, p_degenerate, {stds}, rank_key
             FROM {source} WHERE {' AND '.join(conds)} {dedup}""")
         steps["filters"] = con.execute("SELECT count(*) FROM cand").fetchall()[0][0]
     except duckdb.Error as exc:
@@ -210,7 +211,10 @@ def _selection(store: Store, con, opts: SelectOptions, band: str, run_id: str) -
         steps["quota"] = con.execute(f"SELECT count(*) FROM ({query})").fetchall()[0][0]
     if opts.cap is not None:
         query = f"SELECT * FROM ({query}) ORDER BY rank_key LIMIT {int(opts.cap)}"
-    con.execute(f"CREATE OR REPLACE TEMP TABLE picked AS {query}")
+    if query == "SELECT * FROM cand" and source == "band_rows d" and conds == ["true"]:
+        con.execute("CREATE OR REPLACE TEMP VIEW picked AS SELECT * FROM band_rows")  # the whole band, as read
+    else:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE picked AS {query}")
     if opts.cap is not None:
         steps["cap"] = con.execute("SELECT count(*) FROM picked").fetchall()[0][0]
     return steps
