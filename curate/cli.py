@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from schemas.cli import FormatOpt, OutFormat, StoreOpt, console, progress_bar, run_app
+from schemas.cli import FormatOpt, OutFormat, StoreOpt, console, progress_bar, run_app, status
 
 app = typer.Typer(
     name="curate",
@@ -81,7 +81,7 @@ def import_rollouts(
     """
     from curate.importer import import_rollouts as run_import
 
-    with console().status(f"importing {file.name} with DuckDB"):
+    with status(f"importing {file.name} with DuckDB"):
         r = run_import(_store(store), file, source=source, fmt=fmt, qid_field=qid_field, correct_threshold=correct_threshold)
     out = console()
     out.print(f"run [bold]{r.run_id}[/bold]: {r.rollouts:,} rollouts from {r.lines:,} lines")
@@ -296,7 +296,7 @@ def select(
                          coarse_fine_mix=coarse_fine_mix, quota=_quota(quota or []), cap=cap, seed=seed, dedup=dedup,
                          where=where, easy_min=easy_min, hard_max=hard_max, group_size=group_size, images=images, format=fmt,
                          force=force)
-    with console().status(f"selecting the {stage} stage"):
+    with status(f"selecting the {stage} stage"):
         r = select_stage(_store(store), opts)
     err = console()
     z = r.zero_advantage.get("predicted")

@@ -53,6 +53,14 @@ def console():
     return Console(stderr=True)
 
 
+def status(message: str):
+    """A rich spinner with `message` while a step runs; on a terminal only (a log has nothing to show)."""
+    import contextlib
+
+    out = console()
+    return out.status(message) if out.is_terminal else contextlib.nullcontext()
+
+
 def run_app(app: typer.Typer) -> None:
     """Run a typer app; our user errors end in one red line and exit code 2, not a traceback."""
     from schemas.errors import PebrError

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from schemas.cli import console, progress_bar, run_app
+from schemas.cli import console, progress_bar, run_app, status
 
 app = typer.Typer(
     name="train",
@@ -48,7 +48,7 @@ def init_tiny(
             if line.strip():
                 rec = json.loads(line)
                 texts += [str(rec[k]) for k in ("problem", "response", "answer") if rec.get(k) is not None]
-    with console().status("building the tiny model"):
+    with status("building the tiny model"):
         try:
             path = build_tiny_model(out, corpus=texts, seed=seed, **parse_overrides(size or []))
         except (TypeError, ValueError) as exc:
