@@ -23,7 +23,7 @@ from rewards.prompt import IMAGE_PLACEHOLDER, PROMPT_TEMPLATE
 
 BATCH_ROWS = 8192
 ROW_GROUP_ROWS = 16384
-"""Rows per row group of a stage dataset's Parquet file: several groups, so DuckDB encodes them in parallel."""
+"""Rows per row group of a stage dataset's Parquet file (small groups keep the writer's buffers small)."""
 IMAGE_CACHE_BYTES = 64 << 20
 IMAGE_BATCH_BYTES = 64 << 20
 IMAGE_MODES = ("path", "embed")

@@ -8,7 +8,7 @@ Formats:
 
 DuckDB reads the file and writes Parquet; no Python loop touches a line. The dump is read once, in
 parallel, into a temporary table that keeps the file's order (its row ids are the records'
-positions, spilled to disk beyond the memory limit); every count comes from that one reading. Lines
+positions, spilled to disk beyond the memory limit); the record count comes from that one reading. Lines
 DuckDB cannot parse (or that carry no question id) are counted against the file's records (its
 non-blank lines) and reported.
 """
@@ -24,10 +24,11 @@ from pathlib import Path
 
 from curate.difficulty import warm_cache
 from curate.errors import PebrError
-from curate.store import Store, new_run_id, sql_literal
+from curate.store import Store, fsync_file, new_run_id, sql_literal
 
 MAX_RECORD_BYTES = 16 << 20
-"""Largest line (JSON record) the reader accepts; a longer one counts as unreadable."""
+"""Records up to this length are always read (DuckDB's reader takes up to twice as much, and at
+least 32 MiB); a longer one stops the import with a clear error, before anything is written."""
 MEMORY_LIMIT = "512MB"
 """DuckDB's memory limit for an import; the dump's table spills to <store>/tmp beyond it."""
 NULL_COLUMNS = ("format", "keyword", "length", "clip", "n_tokens")
@@ -69,15 +70,17 @@ def _sniff(path: Path) -> str:
 
 
 def _select_sql(fmt: str, qid_field: str | None) -> tuple[str, dict]:
-    """SELECT list over the reader (qid, response, accuracy) and the reader's columns."""
+    """SELECT list over the reader (qid, response, accuracy, and `score`: the value compared with the
+    correctness threshold, at the dump's own precision) and the reader's columns."""
     if fmt == "pebr":
         columns = {"qid": "VARCHAR", "response": "VARCHAR", "ground_truth": "VARCHAR", "score": "JSON"}
-        return ("SELECT CAST(qid AS VARCHAR) AS qid, response, "
+        return ("SELECT CAST(qid AS VARCHAR) AS qid, response, accuracy, accuracy AS score FROM (SELECT qid, response, "
                 "TRY_CAST(json_extract(score, '$.accuracy') AS FLOAT) AS accuracy", columns)
     if not qid_field:
         raise PebrError("verl dumps carry no question id: pass --qid-field NAME (a field your reward function logged, e.g. uid)")
     columns = {"input": "VARCHAR", "output": "VARCHAR", "score": "DOUBLE", qid_field: "VARCHAR"}
-    return f"SELECT CAST(\"{qid_field}\" AS VARCHAR) AS qid, output AS response, CAST(score AS FLOAT) AS accuracy", columns
+    return (f"SELECT qid, response, CAST(score AS FLOAT) AS accuracy, score FROM (SELECT CAST(\"{qid_field}\" AS VARCHAR) "
+            "AS qid, output AS response, score", columns)
 
 
 def import_rollouts(store: Store, path: Path, source: str | None = None, fmt: str | None = None,
@@ -110,6 +113,8 @@ def import_rollouts(store: Store, path: Path, source: str | None = None, fmt: st
 def _import(store: Store, con, path: Path, run_id: str, fmt: str, select: str, columns: dict, source: str | None,
             threshold: float, spill: Path) -> tuple[ImportReport, Path]:
     """Write the dump's rollouts as the run's part (not yet committed); returns the counts and the part."""
+    import duckdb
+
     con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
     con.execute(f"SET threads = {max(1, min(os.cpu_count() or 1, MAX_THREADS))}")
     con.execute(f"SET temp_directory = {sql_literal(spill)}")
@@ -127,7 +132,13 @@ def _import(store: Store, con, path: Path, run_id: str, fmt: str, select: str, c
     # record's position, which becomes the imported rollout's index. A dump still being appended to
     # is imported, and accounted for, as this reading saw it.
     con.execute("SET preserve_insertion_order = true")
-    con.execute(f"CREATE TEMP TABLE dump AS {select} FROM {reader}")
+    try:
+        con.execute(f"CREATE TEMP TABLE dump AS {select} FROM {reader})")
+    except duckdb.InvalidInputException as exc:
+        if "maximum_object_size" not in str(exc):
+            raise
+        raise PebrError(f"{path}: a record is longer than the importer reads ({MAX_RECORD_BYTES >> 20} MiB, "
+                        "pebr's curate.importer.MAX_RECORD_BYTES); nothing was imported") from None
     lines = con.execute("SELECT count(*) FROM dump").fetchone()[0]
     con.execute("SET preserve_insertion_order = false")
     d = store.table_dir("rollouts")
@@ -140,7 +151,7 @@ def _import(store: Store, con, path: Path, run_id: str, fmt: str, select: str, c
               SELECT '{run_id}' AS run_id, m.sample_id, d.qid, CAST(d.rowid AS INTEGER) AS rollout_idx,
                 CAST(NULL AS BIGINT) AS seed, coalesce(d.response, '') AS response, CAST(NULL AS INTEGER) AS n_tokens,
                 CAST(NULL AS VARCHAR) AS finish_reason, d.accuracy, {reward_nulls},
-                d.accuracy AS overall, coalesce(d.accuracy, 0) >= {threshold!r} AS correct
+                d.accuracy AS overall, coalesce(d.score, 0) >= {threshold!r} AS correct
               FROM dump d LEFT JOIN qmap m USING (qid)
               WHERE d.qid IS NOT NULL
             ) TO {sql_literal(tmp)} (FORMAT parquet, COMPRESSION zstd)
@@ -154,6 +165,7 @@ def _import(store: Store, con, path: Path, run_id: str, fmt: str, select: str, c
                               unmatched_rollouts=stats[1], unmatched_qids=stats[2], by_format={fmt: stats[0]})
         if report.rollouts == 0:
             raise PebrError(f"{path}: no rollout could be read ({lines} lines)")
+        fsync_file(tmp)  # the run's row, written next, commits these rollouts
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)

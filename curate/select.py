@@ -241,8 +241,7 @@ def _export_sql(store: Store, images: str, template: str) -> str:
     }
     assert tuple(cols) == STAGE_COLUMNS
     select = ", ".join(f"{expr} AS {name}" for name, expr in cols.items())
-    # Sorted first, then the prompt and image columns are built over the sorted rows: a narrower
-    # sort, and the projection runs in the parallel, order-keeping scan of the sorted result.
+    # Sorted first, then the prompt and image columns are built over the sorted rows: a narrower sort.
     rows = ("SELECT s.sample_id, s.source, s.capability, s.qid, s.problem, s.answer, s.key_words, s.images AS images_rel, "
             "s.extra, p.n, p.k, p.pass_rate, p.band, p.p_degenerate FROM picked p JOIN samples s USING (sample_id) "
             "ORDER BY p.rank_key")
@@ -372,6 +371,7 @@ def select_stage(store: Store, opts: SelectOptions) -> SelectReport:
         picked_rows = sum(n for *_, n in counts)
         con.execute(f"SET threads = {max(1, min(os.cpu_count() or 1, picked_rows // EXPORT_ROWS_PER_THREAD))}")
         rows = write_parquet(con, _export_sql(store, opts.images, opts.template), out / PARQUET_NAME, store.root, opts.images)
+        con.execute("RESET threads")
         files[PARQUET_NAME] = sha256_file(out / PARQUET_NAME)
         skipped = 0
         if opts.format != "parquet":

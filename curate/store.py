@@ -194,7 +194,7 @@ class Store:
                     own.execute(copy, [row.get(c) for c in RUN_COLUMNS])
             else:
                 con.execute(copy, [row.get(c) for c in RUN_COLUMNS])
-            _fsync(tmp)
+            fsync_file(tmp)
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
@@ -205,7 +205,7 @@ class Store:
 
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
         pq.write_table(table, tmp, compression="zstd")
-        _fsync(tmp)
+        fsync_file(tmp)
         os.replace(tmp, path)
 
     def put_image(self, data: bytes, suffix: str) -> str:
@@ -276,7 +276,8 @@ class Store:
             os.unlink(f"{tmp}.wal")
 
 
-def _fsync(path: Path) -> None:
+def fsync_file(path: Path) -> None:
+    """Flush a file's data to disk (before the rename that publishes it)."""
     with open(path, "rb") as f:
         os.fsync(f.fileno())
 

@@ -183,3 +183,28 @@ def test_imported_part_has_the_rollouts_schema(tmp_path, store):
     row = next(x for x in store.read("runs").to_pylist() if x["run_id"] == r.run_id)
     assert row["kind"] == "import" and row["created_at"].tzinfo is not None and json.loads(row["config"])["lines"] == 1
     assert not (store.root / "tmp").exists() or not any((store.root / "tmp").iterdir())
+
+
+def test_a_record_too_long_stops_the_import_cleanly(tmp_path, store, monkeypatch):
+    import curate.importer
+
+    monkeypatch.setattr(curate.importer, "MAX_RECORD_BYTES", 1 << 20)  # DuckDB's buffer is 32 MiB at least
+    lines = [{"qid": "q0", "response": "r", "ground_truth": "x", "score": {"accuracy": 1.0}},
+             {"qid": "q1", "response": "y" * (34 << 20), "ground_truth": "x", "score": {"accuracy": 1.0}}]
+    with pytest.raises(PebrError, match="longer than the importer reads"):
+        import_rollouts(store, write_jsonl(tmp_path / "long.jsonl", lines))
+    con = store.connect()
+    assert con.execute("select count(*) from rollouts").fetchone() == (0,)
+    assert con.execute("select count(*) from runs where kind = 'import'").fetchone() == (0,)
+    assert not list(store.table_dir("rollouts").glob(".*.tmp")) and not (store.root / "tmp").exists()
+
+
+def test_verl_scores_meet_the_threshold_at_their_own_precision(tmp_path, store):
+    lines = [{"input": "p", "output": f"o{i}", "gts": "0", "score": s, "uid": "q0"}
+             for i, s in enumerate([0.999999999, 1.0, 0.5, 0.49999999999])]
+    r = import_rollouts(store, write_jsonl(tmp_path / "v.jsonl", lines), qid_field="uid", correct_threshold=0.5)
+    got = store.connect().execute(f"select rollout_idx, correct from rollouts where run_id = '{r.run_id}' order by 1").fetchall()
+    assert got == [(0, True), (1, True), (2, True), (3, False)]  # 0.49999999999 rounds to 0.5 as a FLOAT
+    r = import_rollouts(store, write_jsonl(tmp_path / "w.jsonl", lines), qid_field="uid")
+    got = store.connect().execute(f"select correct from rollouts where run_id = '{r.run_id}' order by rollout_idx").fetchall()
+    assert [c for (c,) in got] == [False, True, False, False]
