@@ -198,14 +198,14 @@ def warm_cache(store, run_id: str, con=None, rollouts: str = "rollouts", null_co
     run as it is, and the next reader aggregates instead."""
     import duckdb
 
+    own = con is None
     try:
-        if con is not None:
-            return cache_difficulty(store, con, run_id, rollouts, null_columns)
-        con = store.connect()
+        con = store.connect() if own else con
         try:
             return cache_difficulty(store, con, run_id, rollouts, null_columns)
         finally:
-            con.close()
+            if own:
+                con.close()
     except (OSError, duckdb.Error):
         return None
 

@@ -70,17 +70,15 @@ def _sniff(path: Path) -> str:
 
 
 def _select_sql(fmt: str, qid_field: str | None) -> tuple[str, dict]:
-    """SELECT list over the reader (qid, response, accuracy, and `score`: the value compared with the
-    correctness threshold, at the dump's own precision) and the reader's columns."""
+    """SELECT list over the reader (qid, response, and `score`: the dump's reward at its own
+    precision, compared with the correctness threshold) and the reader's columns."""
     if fmt == "pebr":
         columns = {"qid": "VARCHAR", "response": "VARCHAR", "ground_truth": "VARCHAR", "score": "JSON"}
-        return ("SELECT CAST(qid AS VARCHAR) AS qid, response, accuracy, accuracy AS score FROM (SELECT qid, response, "
-                "TRY_CAST(json_extract(score, '$.accuracy') AS FLOAT) AS accuracy", columns)
+        return "SELECT CAST(qid AS VARCHAR) AS qid, response, TRY_CAST(json_extract(score, '$.accuracy') AS FLOAT) AS score", columns
     if not qid_field:
         raise PebrError("verl dumps carry no question id: pass --qid-field NAME (a field your reward function logged, e.g. uid)")
     columns = {"input": "VARCHAR", "output": "VARCHAR", "score": "DOUBLE", qid_field: "VARCHAR"}
-    return (f"SELECT qid, response, CAST(score AS FLOAT) AS accuracy, score FROM (SELECT CAST(\"{qid_field}\" AS VARCHAR) "
-            "AS qid, output AS response, score", columns)
+    return f"SELECT CAST(\"{qid_field}\" AS VARCHAR) AS qid, output AS response, score", columns
 
 
 def import_rollouts(store: Store, path: Path, source: str | None = None, fmt: str | None = None,
@@ -133,7 +131,7 @@ def _import(store: Store, con, path: Path, run_id: str, fmt: str, select: str, c
     # is imported, and accounted for, as this reading saw it.
     con.execute("SET preserve_insertion_order = true")
     try:
-        con.execute(f"CREATE TEMP TABLE dump AS {select} FROM {reader})")
+        con.execute(f"CREATE TEMP TABLE dump AS {select} FROM {reader}")
     except duckdb.InvalidInputException as exc:
         if "maximum_object_size" not in str(exc):
             raise
@@ -150,8 +148,8 @@ def _import(store: Store, con, path: Path, run_id: str, fmt: str, select: str, c
             COPY (
               SELECT '{run_id}' AS run_id, m.sample_id, d.qid, CAST(d.rowid AS INTEGER) AS rollout_idx,
                 CAST(NULL AS BIGINT) AS seed, coalesce(d.response, '') AS response, CAST(NULL AS INTEGER) AS n_tokens,
-                CAST(NULL AS VARCHAR) AS finish_reason, d.accuracy, {reward_nulls},
-                d.accuracy AS overall, coalesce(d.score, 0) >= {threshold!r} AS correct
+                CAST(NULL AS VARCHAR) AS finish_reason, CAST(d.score AS FLOAT) AS accuracy, {reward_nulls},
+                CAST(d.score AS FLOAT) AS overall, coalesce(d.score, 0) >= {threshold!r} AS correct
               FROM dump d LEFT JOIN qmap m USING (qid)
               WHERE d.qid IS NOT NULL
             ) TO {sql_literal(tmp)} (FORMAT parquet, COMPRESSION zstd)
