@@ -30,6 +30,8 @@ IMAGE_MODES = ("path", "embed")
 GOLD_RESPONSE_KEYS = ("response", "solution", "rationale")
 """Keys of samples.extra (JSON) that may hold a gold response for warm-up SFT, first one wins."""
 
+_IMAGE_PART = "{'type': 'image', 'text': NULL::VARCHAR}"
+"""An image part of a chat message, as a DuckDB struct (text parts fill `text`)."""
 HF_FEATURES = json.dumps({"info": {"features": {"images": {"feature": {"_type": "Image"}, "_type": "Sequence"}}}})
 """Parquet key-value metadata under the key `huggingface`: `datasets` then loads `images` as a list
 of PIL images (each stored as struct<bytes, path>, datasets.Image's storage type)."""
@@ -47,10 +49,9 @@ def prompt_macro() -> str:
     but the last is followed by an image part, empty text parts are dropped, and images without a
     mark go first. A scalar macro (no subquery), so DuckDB evaluates it vector by vector.
     """
-    image = "{'type': 'image', 'text': NULL::VARCHAR}"
     return f"""CREATE OR REPLACE TEMP MACRO pebr_prompt(pieces, n_images) AS [{{'role': 'user', 'content': list_concat(
-  list_transform(range(greatest(0, n_images - (len(pieces) - 1))), lambda x: {image}),
-  list_filter(flatten(list_transform(pieces, lambda piece: [{{'type': 'text', 'text': piece}}, {image}]))[:-2],
+  list_transform(range(greatest(0, n_images - (len(pieces) - 1))), lambda x: {_IMAGE_PART}),
+  list_filter(flatten(list_transform(pieces, lambda piece: [{{'type': 'text', 'text': piece}}, {_IMAGE_PART}]))[:-2],
               lambda part: part.text IS NULL OR part.text <> ''))}}]"""
 
 
@@ -84,7 +85,6 @@ def prompt_sql(problem: str, n_images: str, template: str = PROMPT_TEMPLATE, par
     if mark in prefix + suffix or straddles:
         return general
     parts = parts or prompt_parts_sql(problem)
-    image = "{'type': 'image', 'text': NULL::VARCHAR}"
 
     def text(expr: str) -> str:
         return f"{{'type': 'text', 'text': {expr}}}"
@@ -99,20 +99,20 @@ def prompt_sql(problem: str, n_images: str, template: str = PROMPT_TEMPLATE, par
     before, after = joined(pre, f"{parts}[1]"), joined(f"{parts}[2]", suf)
     # A side of the mark can only be empty when the template adds nothing there.
     if prefix and suffix:
-        one_mark = message(text(before), image, text(after))
+        one_mark = message(text(before), _IMAGE_PART, text(after))
     else:
         cases = []
         if not prefix and not suffix:
-            cases.append(f"WHEN {parts}[1] = '' AND {parts}[2] = '' THEN {message(image)}")
+            cases.append(f"WHEN {parts}[1] = '' AND {parts}[2] = '' THEN {message(_IMAGE_PART)}")
         if not prefix:
-            cases.append(f"WHEN {parts}[1] = '' THEN {message(image, text(after))}")
+            cases.append(f"WHEN {parts}[1] = '' THEN {message(_IMAGE_PART, text(after))}")
         if not suffix:
-            cases.append(f"WHEN {parts}[2] = '' THEN {message(text(before), image)}")
-        one_mark = f"CASE {' '.join(cases)} ELSE {message(text(before), image, text(after))} END"
+            cases.append(f"WHEN {parts}[2] = '' THEN {message(text(before), _IMAGE_PART)}")
+        one_mark = f"CASE {' '.join(cases)} ELSE {message(text(before), _IMAGE_PART, text(after))} END"
     whole = joined(pre, problem, suf)
     no_mark = f"len({parts}) = 1 AND {n_images} = 1" + ("" if prefix or suffix else f" AND {problem} <> ''")
     return f"""CASE
-  WHEN {no_mark} THEN {message(image, text(whole))}
+  WHEN {no_mark} THEN {message(_IMAGE_PART, text(whole))}
   WHEN len({parts}) = 2 AND {n_images} <= 1 THEN {one_mark}
   ELSE {general} END"""
 

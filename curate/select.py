@@ -211,7 +211,9 @@ def _selection(store: Store, con, opts: SelectOptions, band: str, run_id: str) -
         steps["quota"] = con.execute(f"SELECT count(*) FROM ({query})").fetchall()[0][0]
     if opts.cap is not None:
         query = f"SELECT * FROM ({query}) ORDER BY rank_key LIMIT {int(opts.cap)}"
-    if query == "SELECT * FROM cand" and source == "band_rows d" and conds == ["true"]:
+    narrowed = bool(opts.sources or opts.capabilities or opts.where or opts.dedup or opts.quota
+                    or opts.coarse_fine_mix is not None or opts.cap is not None)
+    if not narrowed:
         con.execute("CREATE OR REPLACE TEMP VIEW picked AS SELECT * FROM band_rows")  # the whole band, as read
     else:
         con.execute(f"CREATE OR REPLACE TEMP TABLE picked AS {query}")
