@@ -24,6 +24,9 @@ from rewards.prompt import IMAGE_PLACEHOLDER, PROMPT_TEMPLATE
 BATCH_ROWS = 8192
 ROW_GROUP_ROWS = 16384
 """Rows per row group of a stage dataset's Parquet file (small groups keep the writer's buffers small)."""
+COMPRESSION = "snappy"
+"""Codec of a stage dataset's Parquet file: the Parquet default of pyarrow and `datasets`, quick to
+write and to read in every epoch (zstd gives half the size at 1.3x the export time)."""
 IMAGE_CACHE_BYTES = 64 << 20
 IMAGE_BATCH_BYTES = 64 << 20
 IMAGE_MODES = ("path", "embed")
@@ -210,7 +213,7 @@ def write_parquet(con, query: str, path: Path, store_root: Path, images: str = "
     try:
         if images == "path":
             rows = con.execute(f"COPY ({query}) TO {sql_literal(tmp)} "
-                               f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP_ROWS}, "
+                               f"(FORMAT parquet, COMPRESSION {COMPRESSION}, ROW_GROUP_SIZE {ROW_GROUP_ROWS}, "
                                f"KV_METADATA {{huggingface: {sql_literal(HF_FEATURES)}}})"
                                ).fetchall()[0][0]  # COPY answers with the rows it wrote
         else:
@@ -229,7 +232,7 @@ def _write_embedded(batches, tmp: Path, store_root: Path) -> int:
     schema = batches.schema.with_metadata({"huggingface": HF_FEATURES})
     col = schema.get_field_index("images")
     rows = 0
-    with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+    with pq.ParquetWriter(tmp, schema, compression=COMPRESSION) as writer:
         step = BATCH_ROWS
         for batch in batches:
             start = 0

@@ -178,7 +178,7 @@ def _selection(store: Store, con, opts: SelectOptions, band: str, run_id: str) -
     # --dedup may need their other columns.
     source = "band_rows d"
     if opts.where or opts.dedup:
-        source = "samples s JOIN (SELECT * EXCLUDE (source, capability) FROM band_rows) d USING (sample_id)"
+        source = "stage_samples s JOIN (SELECT * EXCLUDE (source, capability) FROM band_rows) d USING (sample_id)"
         conds = [c.replace("d.source ", "s.source ").replace("d.capability ", "s.capability ") for c in conds]
     dedup = ""
     if opts.dedup:
@@ -245,7 +245,7 @@ def _export_sql(store: Store, images: str, template: str) -> str:
     select = ", ".join(f"{expr} AS {name}" for name, expr in cols.items())
     # Sorted first, then the prompt and image columns are built over the sorted rows: a narrower sort.
     rows = ("SELECT s.sample_id, s.source, s.capability, s.qid, s.problem, s.answer, s.key_words, s.images AS images_rel, "
-            "s.extra, p.n, p.k, p.pass_rate, p.band, p.p_degenerate FROM picked p JOIN samples s USING (sample_id) "
+            "s.extra, p.n, p.k, p.pass_rate, p.band, p.p_degenerate FROM picked p JOIN stage_samples s USING (sample_id) "
             "ORDER BY p.rank_key")
     rows = f"SELECT *, {prompt_parts_sql('problem')} AS prompt_parts FROM ({rows})"
     return f"SELECT {select} FROM ({rows})"
@@ -254,7 +254,7 @@ def _export_sql(store: Store, images: str, template: str) -> str:
 def _record_rows(con) -> Iterator[dict]:
     """The picked samples as dicts (images as store paths), in seeded order, for the JSON formats."""
     cur = con.execute(f"SELECT s.*, {gold_response_sql('s.extra')} AS response, p.pass_rate "
-                      "FROM picked p JOIN samples s USING (sample_id) ORDER BY p.rank_key")
+                      "FROM picked p JOIN stage_samples s USING (sample_id) ORDER BY p.rank_key")
     names = [c[0] for c in cur.description]
     while batch := cur.fetchmany(BATCH_ROWS):
         for values in batch:
@@ -354,6 +354,7 @@ def select_stage(store: Store, opts: SelectOptions) -> SelectReport:
     con = store.connect()
     try:
         run_id = resolve_run(con, opts.run)
+        con.execute(f"CREATE TEMP VIEW stage_samples AS SELECT * FROM {store.committed_scan(con, 'samples')}")
         steps = _selection(store, con, opts, band, run_id)
         # Everything the manifest needs from the store is read before the output folder is touched.
         counts = con.execute("SELECT source, capability, count(*) FROM picked GROUP BY ALL ORDER BY ALL").fetchall()

@@ -224,6 +224,15 @@ class Store:
     def parts(self, name: str) -> list[Path]:
         return sorted(self.table_dir(name).glob("*.parquet"))
 
+    def committed_scan(self, con, name: str) -> str:
+        """A FROM item over the committed parts of `name` (samples, rejects or rollouts): the rows of
+        the view, read by file instead of filtered row by row, so DuckDB knows how many there are
+        (the view's per-row commit filter leaves its planner guessing a fifth, and a join then
+        hashes the wrong side). A part holds the rows of the run its name carries."""
+        committed = {r for (r,) in con.execute("SELECT run_id FROM runs").fetchall()}
+        files = [p for p in self.parts(name) if p.name == _EMPTY_PART or part_run(p) in committed]
+        return f"read_parquet([{', '.join(sql_literal(p) for p in files)}], union_by_name = true)"
+
     def read(self, name: str, columns: list[str] | None = None) -> pa.Table:
         """The whole table as Arrow (small tables; use `connect()` and SQL for big ones)."""
         import pyarrow as pa

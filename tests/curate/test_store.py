@@ -68,6 +68,25 @@ def test_uncommitted_parts_are_invisible_and_dropped(tmp_path):
     assert con.execute("select n, k, band from difficulty").fetchall() == [(1, 1, "easy")]
 
 
+def test_committed_scan_reads_the_rows_of_the_view(tmp_path):
+    """The by-file reading of committed parts (what `curate select` joins) equals the view."""
+    store = Store(tmp_path)
+    row = {"run_id": "r", "rollout_idx": 0, "response": "r", "correct": True, "sample_id": "s", "qid": "q"}
+    with store.writing("t"):
+        store.add_run("import-a", "import")
+        store.write("rollouts", pa.Table.from_pylist([{**row, "run_id": "import-a"}]), "import-a")
+        store.write("rollouts", pa.Table.from_pylist([{**row, "run_id": "import-a", "rollout_idx": 1}]), "import-a")
+        # a part of a run that never committed (a writer killed before its runs row)
+        store.write("rollouts", pa.Table.from_pylist([{**row, "run_id": "import-b"}]), "import-b")
+        con = store.connect()
+        scan = store.committed_scan(con, "rollouts")
+        got = con.execute(f"select run_id, rollout_idx from {scan} order by all").fetchall()
+        assert got == con.execute("select run_id, rollout_idx from rollouts order by all").fetchall()
+        assert got == [("import-a", 0), ("import-a", 1)]
+        # a table without committed parts still has its columns
+        assert con.execute(f"select count(*), count(qid) from {store.committed_scan(con, 'samples')}").fetchone() == (0, 0)
+
+
 def test_catalog_file_opens_in_duckdb(tmp_path):
     import duckdb
 
