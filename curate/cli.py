@@ -268,7 +268,7 @@ def _quota(items: list[str]) -> dict[str, int]:
 @app.command()
 def select(
     stage: Annotated[str, typer.Option(help="perception (easy band) | reasoning (medium) | warmup (hard).")],
-    out: Annotated[Path, typer.Option(help="Output folder: train.parquet, manifest.json, and --format extras.")],
+    out: Annotated[Path, typer.Option(help="Output folder: train-*-of-*.parquet shards, manifest.json, and --format extras.")],
     run: Annotated[Optional[str], typer.Option(help="Run whose rollouts define difficulty (default: the latest).")] = None,
     source: Annotated[Optional[list[str]], typer.Option(help="Keep only this source (repeatable).")] = None,
     capability: Annotated[Optional[list[str]], typer.Option(help="Keep only this capability (repeatable).")] = None,
@@ -283,6 +283,7 @@ def select(
     group_size: Annotated[int, typer.Option(help="GRPO group size, for the zero-advantage prediction.")] = 8,
     images: Annotated[str, typer.Option(help="path (absolute paths into the store's image folder) | embed (bytes: a self-contained file).")] = "path",
     fmt: Annotated[str, typer.Option("--format", help="parquet | easyr1 (+ reference JSON, images) | sharegpt (+ LLaMA-Factory).")] = "parquet",
+    shard_rows: Annotated[Optional[int], typer.Option(help="Most rows per Parquet shard; shards are written in parallel (default 65,536).")] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing stage dataset in --out.")] = False,
     store: StoreOpt = Path("store"),
 ) -> None:
@@ -295,7 +296,7 @@ def select(
     opts = SelectOptions(stage=stage, out=out, run=run, sources=source, capabilities=capability,
                          coarse_fine_mix=coarse_fine_mix, quota=_quota(quota or []), cap=cap, seed=seed, dedup=dedup,
                          where=where, easy_min=easy_min, hard_max=hard_max, group_size=group_size, images=images, format=fmt,
-                         force=force)
+                         force=force, **({} if shard_rows is None else {"shard_rows": shard_rows}))
     with status(f"selecting the {stage} stage"):
         r = select_stage(_store(store), opts)
     err = console()

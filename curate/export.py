@@ -52,7 +52,7 @@ def prompt_macro() -> str:
     but the last is followed by an image part, empty text parts are dropped, and images without a
     mark go first. A scalar macro (no subquery), so DuckDB evaluates it vector by vector.
     """
-    return f"""CREATE OR REPLACE TEMP MACRO pebr_prompt(pieces, n_images) AS [{{'role': 'user', 'content': list_concat(
+    return f"""CREATE OR REPLACE MACRO pebr_prompt(pieces, n_images) AS [{{'role': 'user', 'content': list_concat(
   list_transform(range(greatest(0, n_images - (len(pieces) - 1))), lambda x: {_IMAGE_PART}),
   list_filter(flatten(list_transform(pieces, lambda piece: [{{'type': 'text', 'text': piece}}, {_IMAGE_PART}]))[:-2],
               lambda part: part.text IS NULL OR part.text <> ''))}}]"""

@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,10 +28,16 @@ from rewards.prompt import PROMPT_TEMPLATE
 from schemas import REWARD_COLUMNS
 
 FORMATS = ("parquet", "easyr1", "sharegpt")
-PARQUET_NAME = "train.parquet"
 MANIFEST_NAME = "manifest.json"
+SHARD_GLOB = "train-*-of-*.parquet"
+SHARD_ROWS = 65_536
+"""Most rows per Parquet shard of a stage dataset (--shard-rows)."""
 PERCEPTION_CAPS = ("perception_coarse", "perception_fine")
-EXPORT_ROWS_PER_THREAD = 250_000
+
+
+def shard_name(i: int, shards: int) -> str:
+    """The Hugging Face name of shard `i` of `shards`: train-00000-of-00002.parquet, ..."""
+    return f"train-{i:05d}-of-{shards:05d}.parquet"
 
 
 @dataclass
@@ -40,7 +47,7 @@ class SelectOptions:
     stage: str
     """perception (easy band) | reasoning (medium band) | warmup (hard band)."""
     out: Path
-    """Output folder; gets train.parquet, manifest.json and the --format extras."""
+    """Output folder; gets the train-*-of-*.parquet shards, manifest.json and the --format extras."""
     run: str | None = None
     """Run whose rollouts define difficulty (default: the latest score/import/regrade run with rollouts)."""
     sources: list[str] | None = None
@@ -67,12 +74,16 @@ class SelectOptions:
     group_size: int = DEFAULT_GROUP_SIZE
     """GRPO group size of the stage, for the predicted zero-advantage fraction."""
     images: str = "path"
-    """How train.parquet holds images: path (absolute paths into the store's content-addressed image
+    """How the Parquet shards hold images: path (absolute paths into the store's content-addressed image
     folder; nothing copied) | embed (the bytes, for a self-contained file to move elsewhere)."""
     format: str = "parquet"
     """parquet (always written) | easyr1 (+ reference JSON and images) | sharegpt (+ LLaMA-Factory SFT JSON)."""
     template: str = PROMPT_TEMPLATE
     """Prompt template ({problem} is replaced) for the chat `prompt` column."""
+    shard_rows: int = SHARD_ROWS
+    """Most rows per Parquet shard. The rows, in seeded order, are split evenly into
+    ceil(rows / shard_rows) shards, written in parallel (one DuckDB pipeline per core); the files
+    depend only on the selection, not on the machine."""
     force: bool = False
     """Replace an existing stage dataset in `out`."""
 
@@ -110,6 +121,8 @@ def _check(opts: SelectOptions) -> str:
         raise PebrError(f"coarse_fine_mix must be within [0, 1] (got {opts.coarse_fine_mix})")
     if opts.cap is not None and opts.cap < 0:
         raise PebrError(f"cap must be >= 0 (got {opts.cap})")
+    if opts.shard_rows < 1:
+        raise PebrError(f"shard_rows must be >= 1 (got {opts.shard_rows})")
     for src, q in opts.quota.items():
         if q < 0:
             raise PebrError(f"quota for {src!r} must be >= 0 (got {q})")
@@ -164,7 +177,7 @@ def _selection(store: Store, con, opts: SelectOptions, band: str, run_id: str) -
     # --where may name any difficulty column; otherwise only those the steps and the export use.
     columns = "*" if opts.where else f"sample_id, source, capability, n, k, pass_rate, band, p_degenerate, {stds}"
     seed = str(int(opts.seed))
-    con.execute(f"CREATE OR REPLACE TEMP TABLE band_rows AS SELECT {columns}, md5_number('{seed}:' || sample_id) AS rank_key "
+    con.execute(f"CREATE OR REPLACE TABLE band_rows AS SELECT {columns}, md5_number('{seed}:' || sample_id) AS rank_key "
                 f"FROM d WHERE band = {sql_literal(band)}")
     steps: dict[str, int] = {"band": con.execute("SELECT count(*) FROM band_rows").fetchall()[0][0]}
     conds = ["true"]
@@ -187,7 +200,7 @@ def _selection(store: Store, con, opts: SelectOptions, band: str, run_id: str) -
     import duckdb
 
     try:
-        con.execute(f"""CREATE OR REPLACE TEMP VIEW cand AS
+        con.execute(f"""CREATE OR REPLACE VIEW cand AS
             SELECT sample_id, source, capability, n, k, pass_rate, band, p_degenerate, {stds}, rank_key
             FROM {source} WHERE {' AND '.join(conds)} {dedup}""")
         steps["filters"] = con.execute("SELECT count(*) FROM cand").fetchall()[0][0]
@@ -214,16 +227,17 @@ def _selection(store: Store, con, opts: SelectOptions, band: str, run_id: str) -
     narrowed = bool(opts.sources or opts.capabilities or opts.where or opts.dedup or opts.quota
                     or opts.coarse_fine_mix is not None or opts.cap is not None)
     if not narrowed:
-        con.execute("CREATE OR REPLACE TEMP VIEW picked AS SELECT * FROM band_rows")  # the whole band, as read
+        con.execute("CREATE OR REPLACE VIEW picked AS SELECT * FROM band_rows")  # the whole band, as read
     else:
-        con.execute(f"CREATE OR REPLACE TEMP TABLE picked AS {query}")
+        con.execute(f"CREATE OR REPLACE TABLE picked AS {query}")
     if opts.cap is not None:
         steps["cap"] = con.execute("SELECT count(*) FROM picked").fetchall()[0][0]
     return steps
 
 
-def _export_sql(store: Store, images: str, template: str) -> str:
-    """The stage rows (STAGE_COLUMNS) in seeded order; needs the `pebr_prompt` macro."""
+def _export_sql(store: Store, images: str, template: str, where: str = "true") -> str:
+    """The stage rows (STAGE_COLUMNS) of `picked p` matching `where`, in seeded order; needs the
+    `pebr_prompt` macro."""
     cols = {
         "prompt": prompt_sql("problem", "len(images_rel)", template, parts="prompt_parts"),
         "images": images_sql("images_rel", store.root, images),
@@ -246,7 +260,7 @@ def _export_sql(store: Store, images: str, template: str) -> str:
     # Sorted first, then the prompt and image columns are built over the sorted rows: a narrower sort.
     rows = ("SELECT s.sample_id, s.source, s.capability, s.qid, s.problem, s.answer, s.key_words, s.images AS images_rel, "
             "s.extra, p.n, p.k, p.pass_rate, p.band, p.p_degenerate FROM picked p JOIN stage_samples s USING (sample_id) "
-            "ORDER BY p.rank_key")
+            f"WHERE {where} ORDER BY p.rank_key")
     rows = f"SELECT *, {prompt_parts_sql('problem')} AS prompt_parts FROM ({rows})"
     return f"SELECT {select} FROM ({rows})"
 
@@ -332,13 +346,14 @@ def _rule(opts: SelectOptions, band: str) -> str:
 
 
 def _holds_dataset(out: Path) -> bool:
-    return (out / MANIFEST_NAME).exists() or (out / PARQUET_NAME).exists()
+    return (out / MANIFEST_NAME).exists() or any(out.glob(SHARD_GLOB))
 
 
 def _prepare_out(out: Path) -> None:
     """Clear a stage dataset already in `out` (the caller checked --force), and create `out`."""
-    for name in (MANIFEST_NAME, PARQUET_NAME):
-        (out / name).unlink(missing_ok=True)
+    (out / MANIFEST_NAME).unlink(missing_ok=True)
+    for shard in out.glob(SHARD_GLOB):
+        shard.unlink()
     for sub in ("easyr1", "sharegpt"):
         shutil.rmtree(out / sub, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -354,7 +369,7 @@ def select_stage(store: Store, opts: SelectOptions) -> SelectReport:
     con = store.connect()
     try:
         run_id = resolve_run(con, opts.run)
-        con.execute(f"CREATE TEMP VIEW stage_samples AS SELECT * FROM {store.committed_scan(con, 'samples')}")
+        con.execute(f"CREATE VIEW stage_samples AS SELECT * FROM {store.committed_scan(con, 'samples')}")
         steps = _selection(store, con, opts, band, run_id)
         # Everything the manifest needs from the store is read before the output folder is touched.
         counts = con.execute("SELECT source, capability, count(*) FROM picked GROUP BY ALL ORDER BY ALL").fetchall()
@@ -367,15 +382,8 @@ def select_stage(store: Store, opts: SelectOptions) -> SelectReport:
         cur = con.execute("SELECT * REPLACE (strftime(created_at, '%Y-%m-%dT%H:%M:%S%z') AS created_at) FROM runs WHERE run_id = ?", [run_id])
         run_row = dict(zip([c[0] for c in cur.description], cur.fetchall()[0]))
         _prepare_out(out)
-        files: dict[str, str] = {}
-        con.execute(prompt_macro())
-        # One export thread per EXPORT_ROWS_PER_THREAD rows: below that, DuckDB's parallel sort and
-        # writer cost more than they save (and hold more memory).
-        picked_rows = sum(n for *_, n in counts)
-        con.execute(f"SET threads = {max(1, min(os.cpu_count() or 1, picked_rows // EXPORT_ROWS_PER_THREAD))}")
-        rows = write_parquet(con, _export_sql(store, opts.images, opts.template), out / PARQUET_NAME, store.root, opts.images)
-        con.execute("RESET threads")
-        files[PARQUET_NAME] = sha256_file(out / PARQUET_NAME)
+        rows, shards = _write_shards(store, con, opts, out, sum(n for *_, n in counts))
+        files = {name: sha256_file(out / name) for name in shards}
         skipped = 0
         if opts.format != "parquet":
             name = f"{opts.format}/{'train' if opts.format == 'easyr1' else opts.stage}.json"
@@ -387,7 +395,7 @@ def select_stage(store: Store, opts: SelectOptions) -> SelectReport:
                 info.write_text(json.dumps(llamafactory_dataset_info(f"pebr_{opts.stage}", f"{opts.stage}.json"), indent=2) + "\n")
                 files["sharegpt/dataset_info.json"] = sha256_file(info)
         schema = dict(con.execute("SELECT column_name, column_type FROM "
-                                  f"(DESCRIBE SELECT * FROM read_parquet({sql_literal(out / PARQUET_NAME)}))").fetchall())
+                                  f"(DESCRIBE SELECT * FROM read_parquet({sql_literal(out / shards[0])}))").fetchall())
     finally:
         con.close()
     report = SelectReport(out=out, stage=opts.stage, band=band, run_id=run_id, rows=rows, band_total=steps["band"],
@@ -395,6 +403,45 @@ def select_stage(store: Store, opts: SelectOptions) -> SelectReport:
                           skipped_no_response=skipped)
     report.manifest = _write_manifest(store, opts, report, run_row, schema)
     return report
+
+
+def _write_shards(store: Store, con, opts: SelectOptions, out: Path, rows: int) -> tuple[int, list[str]]:
+    """Write `picked` as ceil(rows / shard_rows) Parquet shards of consecutive rows in seeded order
+    (sizes differ by one at most), each by its own single-threaded DuckDB pipeline, up to one per
+    core at once; returns the rows written and the shard names in order.
+
+    One pipeline per shard uses the cores: DuckDB's own parallel sort and ordered writer were slower
+    than one thread for a stage's file."""
+    con.execute(prompt_macro())
+    shards = max(1, -(-rows // opts.shard_rows))
+    names = [shard_name(i, shards) for i in range(shards)]
+    # Shard i holds the rows at positions [i * rows // shards, (i + 1) * rows // shards) of the
+    # order; its bounds are the keys at those positions (keys are distinct: md5 of distinct ids).
+    starts = [i * rows // shards for i in range(1, shards)]
+    keys = [k for (k,) in con.execute(
+        "SELECT rank_key FROM (SELECT rank_key, row_number() OVER (ORDER BY rank_key) - 1 AS pos FROM picked) "
+        f"WHERE pos IN ({', '.join(map(str, starts)) or 'NULL'}) ORDER BY pos").fetchall()]
+    edges = [None, *keys, None]
+    wheres = [" AND ".join([*([f"p.rank_key >= {lo}::UHUGEINT"] if lo is not None else []),
+                            *([f"p.rank_key < {hi}::UHUGEINT"] if hi is not None else [])]) or "true"
+              for lo, hi in zip(edges, edges[1:])]
+
+    def write(i: int) -> int:
+        cur = con.cursor() if shards > 1 else con  # a cursor per pipeline: DuckDB runs each on its caller's thread
+        try:
+            return write_parquet(cur, _export_sql(store, opts.images, opts.template, wheres[i]), out / names[i],
+                                 store.root, opts.images)
+        finally:
+            if cur is not con:
+                cur.close()
+
+    con.execute("SET threads = 1")
+    try:
+        with ThreadPoolExecutor(max(1, min(shards, os.cpu_count() or 1))) as pool:
+            written = sum(pool.map(write, range(shards)))
+    finally:
+        con.execute("RESET threads")
+    return written, names
 
 
 def _maybe_json(value):
@@ -425,7 +472,7 @@ def _write_manifest(store: Store, opts: SelectOptions, r: SelectReport, run_row:
         "schema": schema,
         "images": ("absolute paths into the store's image folder (datasets.Image decodes them from there)"
                    if opts.images == "path" else "embedded bytes"),
-        "load_with": f"datasets.load_dataset('parquet', data_files='{r.out / PARQUET_NAME}', split='train')",
+        "load_with": f"datasets.load_dataset('parquet', data_files='{r.out / SHARD_GLOB}', split='train')",
         "pebr_version": code_version(),
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }

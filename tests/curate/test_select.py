@@ -40,8 +40,19 @@ def build_store(tmp_path: Path, specs: list[dict], extra_records: dict | None = 
     return s
 
 
-def _ids(path: Path) -> list[str]:
-    return pq.read_table(path, columns=["sample_id"]).column("sample_id").to_pylist()
+def _shards(out: Path) -> list[Path]:
+    return sorted(out.glob("train-*-of-*.parquet"))
+
+
+def _table(out: Path, columns: list[str] | None = None):
+    """A stage dataset's rows, its shards read in order."""
+    import pyarrow as pa
+
+    return pa.concat_tables([pq.read_table(f, columns=columns) for f in _shards(out)])
+
+
+def _ids(out: Path) -> list[str]:
+    return _table(out, ["sample_id"]).column("sample_id").to_pylist()
 
 
 def _beta_pdeg(k: int, n: int, g: int) -> float:
@@ -56,7 +67,7 @@ def test_bands_for_every_k_at_n8(tmp_path):
     expected = {"perception": ["q8"], "reasoning": [f"q{k}" for k in range(1, 8)], "warmup": ["q0"]}
     for stage, qids in expected.items():
         r = select_stage(store, SelectOptions(stage=stage, out=tmp_path / stage, group_size=4))
-        t = pq.read_table(r.out / "train.parquet")
+        t = _table(r.out)
         assert sorted(t.column("qid").to_pylist()) == qids
         assert r.rows == len(qids) == r.band_total
         for row in t.select(["k", "n", "p_degenerate", "pass_rate"]).to_pylist():
@@ -76,7 +87,7 @@ def test_bands_with_mixed_n_and_thresholds(tmp_path):
     got = {}
     for stage in ("perception", "reasoning", "warmup"):
         r = select_stage(store, SelectOptions(stage=stage, out=tmp_path / stage, easy_min=0.75, hard_max=0.1))
-        got[stage] = sorted(pq.read_table(r.out / "train.parquet").column("qid").to_pylist())
+        got[stage] = sorted(_table(r.out).column("qid").to_pylist())
     assert got == {"perception": ["a", "c", "e"], "reasoning": ["d"], "warmup": ["b", "f"]}
     with pytest.raises(PebrError, match="hard_max < easy_min"):
         select_stage(store, SelectOptions(stage="warmup", out=tmp_path / "x", easy_min=0.5, hard_max=0.5))
@@ -105,13 +116,13 @@ def test_quotas_cap_and_seeds(tmp_path, mixed):
     assert r1.by_source == {"alpha": 5, "beta": 16}
     r1b = select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "q1b", quota={"alpha": 5}, seed=1))
     r2 = select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "q2", quota={"alpha": 5}, seed=2))
-    assert r1.files["train.parquet"] == r1b.files["train.parquet"]  # byte-identical rerun
-    assert _ids(r1.out / "train.parquet") == _ids(r1b.out / "train.parquet")
-    assert set(_ids(r1.out / "train.parquet")) != set(_ids(r2.out / "train.parquet"))
+    assert r1.files == r1b.files and list(r1.files)[0] == "train-00000-of-00001.parquet"  # byte-identical rerun
+    assert _ids(r1.out) == _ids(r1b.out)
+    assert set(_ids(r1.out)) != set(_ids(r2.out))
     # The seed orders rows: the output is not in sample_id order, and a cap keeps a prefix of it.
-    ids = _ids(base.out / "train.parquet")
+    ids = _ids(base.out)
     capped = select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "cap", cap=7))
-    assert _ids(capped.out / "train.parquet") == ids[:7] and capped.steps["cap"] == 7
+    assert _ids(capped.out) == ids[:7] and capped.steps["cap"] == 7
     assert ids != sorted(ids)
     import duckdb
 
@@ -137,8 +148,32 @@ def test_filters_mix_dedup_and_where(tmp_path, mixed):
     for bad in ("{problem}{problem}", "{{problem}} only", "{x} {problem}", "no placeholder"):
         with pytest.raises(PebrError, match="prompt template"):
             select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "w", force=True, template=bad))
-    assert (tmp_path / "w" / "train.parquet").exists(), "a refused selection leaves the existing dataset alone"
+    assert _shards(tmp_path / "w"), "a refused selection leaves the existing dataset alone"
     assert mix_targets(3, 100, 0.25) == (3, 9)
+
+
+def test_shards_split_the_seeded_order(tmp_path, mixed):
+    datasets = pytest.importorskip("datasets")
+    one = select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "one"))
+    many = select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "many", shard_rows=7))
+    names = [f.name for f in _shards(many.out)]
+    assert names == [f"train-{i:05d}-of-00007.parquet" for i in range(7)]  # 46 rows, at most 7 per shard
+    sizes = [pq.read_metadata(f).num_rows for f in _shards(many.out)]
+    assert sum(sizes) == many.rows == 46 and max(sizes) - min(sizes) <= 1
+    assert _table(many.out).to_pylist() == _table(one.out).to_pylist(), "the shards, in name order, are the one file"
+    ds = datasets.load_dataset("parquet", data_files=str(many.out / "train-*-of-*.parquet"), split="train")
+    assert ds["sample_id"] == _ids(one.out)
+    manifest = json.loads((many.out / "manifest.json").read_text())
+    assert list(manifest["files"]) == names and manifest["rows"] == 46
+    again = select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "many", shard_rows=7, force=True))
+    assert again.files == many.files, "byte-identical shards on a rerun"
+    embedded = select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "emb", shard_rows=20, images="embed"))
+    assert len(_shards(embedded.out)) == 3
+    assert _table(embedded.out).drop_columns(["images"]).to_pylist() == _table(one.out).drop_columns(["images"]).to_pylist()
+    fewer = select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "many", force=True))
+    assert [f.name for f in _shards(fewer.out)] == ["train-00000-of-00001.parquet"], "no shard of the replaced dataset is left"
+    with pytest.raises(PebrError, match="shard_rows"):
+        select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "x", shard_rows=0))
 
 
 PROMPT_CASES = [
@@ -169,7 +204,7 @@ def test_manifest_and_datasets_load(tmp_path, mixed):
     datasets = pytest.importorskip("datasets")
     r = select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "p", quota={"alpha": 4}, group_size=8))
     manifest = json.loads((r.out / "manifest.json").read_text())
-    ds = datasets.load_dataset("parquet", data_files=str(r.out / "train.parquet"), split="train")
+    ds = datasets.load_dataset("parquet", data_files=str(r.out / "train-*-of-*.parquet"), split="train")
     assert len(ds) == manifest["rows"] == 20
     by_source = {}
     for src in ds["source"]:
@@ -179,7 +214,7 @@ def test_manifest_and_datasets_load(tmp_path, mixed):
     assert manifest["run"]["run_id"] == r.run_id and manifest["run"]["kind"] == "import"
     from curate.export import sha256_file
 
-    assert manifest["files"]["train.parquet"]["sha256"] == sha256_file(r.out / "train.parquet")
+    assert manifest["files"] == {f.name: {"sha256": sha256_file(f)} for f in _shards(r.out)}
     assert manifest["zero_advantage"]["accuracy_predicted"] == pytest.approx(_beta_pdeg(8, 8, 8))
     assert manifest["zero_advantage"]["accuracy_point_estimate"] == pytest.approx(1.0)
     assert manifest["zero_advantage"]["observed_zero_std"]["accuracy"] == 1.0
@@ -196,15 +231,14 @@ def test_images_by_path_or_embedded(tmp_path, mixed):
     datasets = pytest.importorskip("datasets")
     by_path = select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "p", cap=6))
     embedded = select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "e", cap=6, images="embed"))
-    a = pq.read_table(by_path.out / "train.parquet")
-    b = pq.read_table(embedded.out / "train.parquet")
+    a, b = _table(by_path.out), _table(embedded.out)
     assert [(f.name, f.type) for f in a.schema] == [(f.name, f.type) for f in b.schema]
     assert a.schema.metadata == b.schema.metadata
     assert a.drop_columns(["images"]).to_pylist() == b.drop_columns(["images"]).to_pylist()
     for x, y in zip(a.column("images").to_pylist(), b.column("images").to_pylist(), strict=True):
         assert x[0]["bytes"] is None and Path(x[0]["path"]).is_absolute()
         assert y[0]["bytes"] == Path(x[0]["path"]).read_bytes() and y[0]["path"] == Path(x[0]["path"]).name
-    pa_, pb = (datasets.load_dataset("parquet", data_files=str(r.out / "train.parquet"), split="train") for r in (by_path, embedded))
+    pa_, pb = (datasets.load_dataset("parquet", data_files=str(r.out / "train-*-of-*.parquet"), split="train") for r in (by_path, embedded))
     assert [list(im.getdata()) for im in pa_[0]["images"]] == [list(im.getdata()) for im in pb[0]["images"]]
     manifest = json.loads((embedded.out / "manifest.json").read_text())
     assert manifest["options"]["images"] == "embed" and set(manifest["schema"]) == set(a.schema.names)
@@ -222,7 +256,7 @@ def test_easyr1_and_sharegpt_formats(tmp_path):
     assert recs[0]["messages"][1]["content"] == "### The final answer is: 3"
     assert recs[0]["messages"][0]["content"].count("<image>") == len(recs[0]["images"]) == 1
     assert (r.out / "sharegpt" / recs[0]["images"][0]).is_file()
-    t = pq.read_table(r.out / "train.parquet").to_pylist()
+    t = _table(r.out).to_pylist()
     assert {x["qid"]: x["response"] for x in t} == {"h1": "### The final answer is: 3", "h2": None}
 
     r = select_stage(store, SelectOptions(stage="warmup", out=tmp_path / "e", format="easyr1"))
@@ -270,7 +304,7 @@ def test_export_trains_one_grpo_step(tmp_path, mixed):
     from train.tiny import build_tiny_model
 
     r = select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "p", cap=4))
-    ds = load_dataset("parquet", data_files=str(r.out / "train.parquet"), split="train")
+    ds = load_dataset("parquet", data_files=str(r.out / "train-*-of-*.parquet"), split="train")
     model = build_tiny_model(tmp_path / "tiny")
     seen = []
 
