@@ -133,12 +133,12 @@ def difficulty_query(run_id: str, *, easy_min: float = 1.0, hard_max: float = 0.
 CACHE_DIR = Path("cache") / "difficulty"
 STALE_CACHE_S = 600
 """A superseded cache file is removed once its replacement is this old (seconds)."""
-def _run_rows_sql(rollouts: str = "rollouts", null_columns: tuple[str, ...] = ()) -> str:
+def _run_rows_sql(rollouts: str = "rollouts", null_columns: tuple[str, ...] = (), samples: str = "samples") -> str:
     return (f"SELECT a.*, s.source, s.capability FROM ({_agg_sql(rollouts, ' AND run_id = $run', null_columns)}) a "
-            "LEFT JOIN samples s USING (sample_id)")
+            f"LEFT JOIN {samples} s USING (sample_id)")
 
 
-_RUN_ROWS = _run_rows_sql("{rollouts}")
+_RUN_ROWS = _run_rows_sql("{rollouts}", samples="{samples}")
 """A run's cached rows (`_run_rows_sql`; this template is part of the cache file's fingerprint): the
 aggregates of the difficulty view, with each sample's source and capability (selections and reports
 group and filter by them without reading the samples); the derived columns are computed on reading,
@@ -170,7 +170,8 @@ def cache_difficulty(store, con, run_id: str, rollouts: str = "rollouts", null_c
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        con.execute(f"COPY ({_run_rows_sql(rollouts, null_columns)}) TO {sql_literal(tmp)} (FORMAT parquet, COMPRESSION zstd)",
+        rows = _run_rows_sql(rollouts, null_columns, store.committed_scan(con, "samples"))
+        con.execute(f"COPY ({rows}) TO {sql_literal(tmp)} (FORMAT parquet, COMPRESSION zstd)",
                     {"run": run_id})
         os.replace(tmp, path)
     except (OSError, duckdb.IOException):

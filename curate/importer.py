@@ -73,7 +73,7 @@ def _select_sql(fmt: str, qid_field: str | None) -> tuple[str, dict]:
     """SELECT list over the reader (qid, response, and `score`: the dump's reward at its own
     precision, compared with the correctness threshold) and the reader's columns."""
     if fmt == "pebr":
-        columns = {"qid": "VARCHAR", "response": "VARCHAR", "ground_truth": "VARCHAR", "score": "JSON"}
+        columns = {"qid": "VARCHAR", "response": "VARCHAR", "score": "JSON"}  # ground_truth is the sample's answer
         return "SELECT CAST(qid AS VARCHAR) AS qid, response, TRY_CAST(json_extract(score, '$.accuracy') AS FLOAT) AS score", columns
     if not qid_field:
         raise PebrError("verl dumps carry no question id: pass --qid-field NAME (a field your reward function logged, e.g. uid)")
@@ -118,7 +118,7 @@ def _import(store: Store, con, path: Path, run_id: str, fmt: str, select: str, c
     con.execute(f"SET temp_directory = {sql_literal(spill)}")
     source_filter = "WHERE source = ?" if source else ""
     con.execute("CREATE TEMP TABLE qmap AS SELECT qid, any_value(sample_id) AS sample_id, count(*) AS n "
-                f"FROM samples {source_filter} GROUP BY qid", [source] if source else [])
+                f"FROM {store.committed_scan(con, 'samples')} {source_filter} GROUP BY qid", [source] if source else [])
     ambiguous = con.execute("SELECT count(*) FROM qmap WHERE n > 1").fetchone()[0]
     if ambiguous:
         raise PebrError(f"{ambiguous} qid(s) name samples of several sources; pass --source to choose one")

@@ -382,6 +382,8 @@ def select_stage(store: Store, opts: SelectOptions) -> SelectReport:
         cur = con.execute("SELECT * REPLACE (strftime(created_at, '%Y-%m-%dT%H:%M:%S%z') AS created_at) FROM runs WHERE run_id = ?", [run_id])
         run_row = dict(zip([c[0] for c in cur.description], cur.fetchall()[0]))
         _prepare_out(out)
+        # From here on the work is one pipeline per shard, and what follows is small: no worker threads.
+        con.execute("SET threads = 1")
         rows, shards = _write_shards(store, con, opts, out, sum(n for *_, n in counts))
         files = {name: sha256_file(out / name) for name in shards}
         skipped = 0
@@ -407,8 +409,8 @@ def select_stage(store: Store, opts: SelectOptions) -> SelectReport:
 
 def _write_shards(store: Store, con, opts: SelectOptions, out: Path, rows: int) -> tuple[int, list[str]]:
     """Write `picked` as ceil(rows / shard_rows) Parquet shards of consecutive rows in seeded order
-    (sizes differ by one at most), each by its own single-threaded DuckDB pipeline, up to one per
-    core at once; returns the rows written and the shard names in order.
+    (sizes differ by one at most), each by its own DuckDB pipeline (on `con` set to one thread), up
+    to one per core at once; returns the rows written and the shard names in order.
 
     One pipeline per shard uses the cores: DuckDB's own parallel sort and ordered writer were slower
     than one thread for a stage's file."""
@@ -420,7 +422,7 @@ def _write_shards(store: Store, con, opts: SelectOptions, out: Path, rows: int) 
     starts = [i * rows // shards for i in range(1, shards)]
     keys = [k for (k,) in con.execute(
         "SELECT rank_key FROM (SELECT rank_key, row_number() OVER (ORDER BY rank_key) - 1 AS pos FROM picked) "
-        f"WHERE pos IN ({', '.join(map(str, starts)) or 'NULL'}) ORDER BY pos").fetchall()]
+        f"WHERE pos IN ({', '.join(map(str, starts))}) ORDER BY pos").fetchall()] if starts else []
     edges = [None, *keys, None]
     wheres = [" AND ".join([*([f"p.rank_key >= {lo}::UHUGEINT"] if lo is not None else []),
                             *([f"p.rank_key < {hi}::UHUGEINT"] if hi is not None else [])]) or "true"
@@ -435,12 +437,8 @@ def _write_shards(store: Store, con, opts: SelectOptions, out: Path, rows: int) 
             if cur is not con:
                 cur.close()
 
-    con.execute("SET threads = 1")
-    try:
-        with ThreadPoolExecutor(max(1, min(shards, os.cpu_count() or 1))) as pool:
-            written = sum(pool.map(write, range(shards)))
-    finally:
-        con.execute("RESET threads")
+    with ThreadPoolExecutor(max(1, min(shards, os.cpu_count() or 1))) as pool:
+        written = sum(pool.map(write, range(shards)))
     return written, names
 
 
