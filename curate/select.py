@@ -345,15 +345,19 @@ def _rule(opts: SelectOptions, band: str) -> str:
     return "; ".join(parts) + f"; order md5_number('{opts.seed}:' || sample_id)"
 
 
+def _dataset_files(out: Path) -> list[Path]:
+    """The files of a stage dataset in `out`: manifest, shards, and a single-file train.parquet."""
+    return [p for p in (out / MANIFEST_NAME, out / "train.parquet") if p.exists()] + sorted(out.glob(SHARD_GLOB))
+
+
 def _holds_dataset(out: Path) -> bool:
-    return (out / MANIFEST_NAME).exists() or any(out.glob(SHARD_GLOB))
+    return bool(_dataset_files(out))
 
 
 def _prepare_out(out: Path) -> None:
     """Clear a stage dataset already in `out` (the caller checked --force), and create `out`."""
-    (out / MANIFEST_NAME).unlink(missing_ok=True)
-    for shard in out.glob(SHARD_GLOB):
-        shard.unlink()
+    for path in _dataset_files(out):
+        path.unlink()
     for sub in ("easyr1", "sharegpt"):
         shutil.rmtree(out / sub, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)

@@ -39,13 +39,18 @@ def _records(path: Path) -> tuple[list[dict], Path, dict | None]:
         raise PebrError(f"{path}: no such file or directory")
     if path.is_dir():
         manifest_path = path / "manifest.json"
-        files = sorted(path.glob("*.parquet"))
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
+        # A stage dataset's manifest lists its Parquet shards in order; other folders: every Parquet file.
+        listed = [path / name for name in (manifest or {}).get("files", {}) if name.endswith(".parquet")]
+        files = listed or sorted(path.glob("*.parquet"))
         if not files:
             raise PebrError(f"{path}: no Parquet files (expected a stage dataset from `curate select`)")
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise PebrError(f"{path}: the manifest lists {', '.join(missing)}, which is missing; select the stage again")
         import pyarrow.parquet as pq
 
         rows = [r for f in files for r in pq.read_table(f).to_pylist()]
-        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
         return rows, path, manifest
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq

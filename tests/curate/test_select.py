@@ -170,8 +170,23 @@ def test_shards_split_the_seeded_order(tmp_path, mixed):
     embedded = select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "emb", shard_rows=20, images="embed"))
     assert len(_shards(embedded.out)) == 3
     assert _table(embedded.out).drop_columns(["images"]).to_pylist() == _table(one.out).drop_columns(["images"]).to_pylist()
+    from train.data import load_rl
+
+    pq.write_table(_table(one.out).slice(0, 3), tmp_path / "many" / "stray.parquet")  # not the dataset's: not read
+    ds, report = load_rl(tmp_path / "many")
+    assert ds["sample_id"] == _ids(one.out) and report.manifest["rows"] == 46
     fewer = select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "many", force=True))
     assert [f.name for f in _shards(fewer.out)] == ["train-00000-of-00001.parquet"], "no shard of the replaced dataset is left"
+    single = tmp_path / "single"
+    single.mkdir()
+    pq.write_table(_table(one.out), single / "train.parquet")  # a stage dataset written as one file
+    with pytest.raises(PebrError, match="already holds"):
+        select_stage(mixed, SelectOptions(stage="perception", out=single))
+    select_stage(mixed, SelectOptions(stage="perception", out=single, force=True))
+    assert sorted(p.name for p in single.iterdir()) == ["manifest.json", "train-00000-of-00001.parquet"]
+    _shards(fewer.out)[0].unlink()
+    with pytest.raises(PebrError, match="train-00000-of-00001.parquet, which is missing"):
+        load_rl(fewer.out)
     with pytest.raises(PebrError, match="shard_rows"):
         select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "x", shard_rows=0))
 
