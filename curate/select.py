@@ -258,7 +258,7 @@ def _export_sql(store: Store, images: str, template: str, where: str = "true") -
     assert tuple(cols) == STAGE_COLUMNS
     select = ", ".join(f"{expr} AS {name}" for name, expr in cols.items())
     # Sorted first, then the prompt and image columns are built over the sorted rows: a narrower sort.
-    rows = ("SELECT s.sample_id, s.source, s.capability, s.qid, s.problem, s.answer, s.key_words, s.images AS images_rel, "
+    rows = ("SELECT s.sample_id, p.source, p.capability, s.qid, s.problem, s.answer, s.key_words, s.images AS images_rel, "
             "s.extra, p.n, p.k, p.pass_rate, p.band, p.p_degenerate FROM picked p JOIN stage_samples s USING (sample_id) "
             f"WHERE {where} ORDER BY p.rank_key")
     rows = f"SELECT *, {prompt_parts_sql('problem')} AS prompt_parts FROM ({rows})"
