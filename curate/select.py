@@ -386,9 +386,13 @@ def select_stage(store: Store, opts: SelectOptions) -> SelectReport:
         cur = con.execute("SELECT * REPLACE (strftime(created_at, '%Y-%m-%dT%H:%M:%S%z') AS created_at) FROM runs WHERE run_id = ?", [run_id])
         run_row = dict(zip([c[0] for c in cur.description], cur.fetchall()[0]))
         _prepare_out(out)
-        # From here on the work is one pipeline per shard, and what follows is small: no worker threads.
+        # One pipeline per shard, as many at once as DuckDB has threads (it counts the cores this
+        # process may use); with embedded images, one: their bytes pass through Python in batches.
+        workers = 1 if opts.images == "embed" else con.execute("SELECT current_setting('threads')").fetchall()[0][0]
         con.execute("SET threads = 1")
-        rows, shards = _write_shards(store, con, opts, out, sum(n for *_, n in counts))
+        rows, shards = _write_shards(store, con, opts, out, sum(n for *_, n in counts), workers)
+        if opts.format != "parquet":
+            con.execute("RESET threads")
         files = {name: sha256_file(out / name) for name in shards}
         skipped = 0
         if opts.format != "parquet":
@@ -411,22 +415,23 @@ def select_stage(store: Store, opts: SelectOptions) -> SelectReport:
     return report
 
 
-def _write_shards(store: Store, con, opts: SelectOptions, out: Path, rows: int) -> tuple[int, list[str]]:
+def _write_shards(store: Store, con, opts: SelectOptions, out: Path, rows: int, workers: int) -> tuple[int, list[str]]:
     """Write `picked` as ceil(rows / shard_rows) Parquet shards of consecutive rows in seeded order
-    (sizes differ by one at most), each by its own DuckDB pipeline (on `con` set to one thread), up
-    to one per core at once; returns the rows written and the shard names in order.
+    (sizes differ by one at most), each by its own DuckDB pipeline (`con` is set to one thread), up
+    to `workers` at once; returns the rows written and the shard names in order. If any shard fails,
+    the shards not started are cancelled and those written are removed before the error propagates.
 
     One pipeline per shard uses the cores: DuckDB's own parallel sort and ordered writer were slower
-    than one thread for a stage's file."""
+    than one thread for a stage's file. Each pipeline reads the samples once, so shards far smaller
+    than the default cost more than they save."""
     con.execute(prompt_macro())
     shards = max(1, -(-rows // opts.shard_rows))
     names = [shard_name(i, shards) for i in range(shards)]
-    # Shard i holds the rows at positions [i * rows // shards, (i + 1) * rows // shards) of the
-    # order; its bounds are the keys at those positions (keys are distinct: md5 of distinct ids).
-    starts = [i * rows // shards for i in range(1, shards)]
+    # Row at position p of the order goes to shard p * shards // rows; a shard's lower bound is its
+    # smallest key (keys are distinct: md5 of distinct sample ids).
     keys = [k for (k,) in con.execute(
-        "SELECT rank_key FROM (SELECT rank_key, row_number() OVER (ORDER BY rank_key) - 1 AS pos FROM picked) "
-        f"WHERE pos IN ({', '.join(map(str, starts))}) ORDER BY pos").fetchall()] if starts else []
+        f"SELECT min(rank_key) FROM (SELECT rank_key, (row_number() OVER (ORDER BY rank_key) - 1) * {shards} // {rows} "
+        "AS shard FROM picked) GROUP BY shard HAVING shard > 0 ORDER BY shard").fetchall()] if shards > 1 else []
     edges = [None, *keys, None]
     wheres = [" AND ".join([*([f"p.rank_key >= {lo}::UHUGEINT"] if lo is not None else []),
                             *([f"p.rank_key < {hi}::UHUGEINT"] if hi is not None else [])]) or "true"
@@ -441,8 +446,15 @@ def _write_shards(store: Store, con, opts: SelectOptions, out: Path, rows: int) 
             if cur is not con:
                 cur.close()
 
-    with ThreadPoolExecutor(max(1, min(shards, os.cpu_count() or 1))) as pool:
-        written = sum(pool.map(write, range(shards)))
+    pool = ThreadPoolExecutor(max(1, min(shards, workers)))
+    try:
+        written = sum(f.result() for f in [pool.submit(write, i) for i in range(shards)])
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        for name in names:
+            (out / name).unlink(missing_ok=True)
+        raise
+    pool.shutdown()
     return written, names
 
 

@@ -160,6 +160,10 @@ class Store:
         if table.num_rows == 0:
             return None
         table = conform(table, TABLES[name])
+        # A part holds the rows of the run its name carries (committed_scan reads parts by name).
+        column = "run_id" if name == "rollouts" else "ingest_run"
+        if column in table.column_names and table.column(column).unique().to_pylist() != [run_id]:
+            raise ValueError(f"{name}: every row of a part of run {run_id} must have {column} = {run_id!r}")
         d = self.table_dir(name)
         existing = len(list(d.glob(f"part-{run_id}-*.parquet")))
         path = d / f"part-{run_id}-{existing:05d}.parquet"

@@ -42,6 +42,8 @@ def _records(path: Path) -> tuple[list[dict], Path, dict | None]:
         manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
         # A stage dataset's manifest lists its Parquet shards in order; other folders: every Parquet file.
         listed = [path / name for name in (manifest or {}).get("files", {}) if name.endswith(".parquet")]
+        if not listed and any(path.glob("train-*-of-*.parquet")):
+            raise PebrError(f"{path}: Parquet shards without manifest.json, an unfinished `curate select`; select the stage again")
         files = listed or sorted(path.glob("*.parquet"))
         if not files:
             raise PebrError(f"{path}: no Parquet files (expected a stage dataset from `curate select`)")

@@ -153,7 +153,6 @@ def test_filters_mix_dedup_and_where(tmp_path, mixed):
 
 
 def test_shards_split_the_seeded_order(tmp_path, mixed):
-    datasets = pytest.importorskip("datasets")
     one = select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "one"))
     many = select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "many", shard_rows=7))
     names = [f.name for f in _shards(many.out)]
@@ -161,8 +160,10 @@ def test_shards_split_the_seeded_order(tmp_path, mixed):
     sizes = [pq.read_metadata(f).num_rows for f in _shards(many.out)]
     assert sum(sizes) == many.rows == 46 and max(sizes) - min(sizes) <= 1
     assert _table(many.out).to_pylist() == _table(one.out).to_pylist(), "the shards, in name order, are the one file"
-    ds = datasets.load_dataset("parquet", data_files=str(many.out / "train-*-of-*.parquet"), split="train")
-    assert ds["sample_id"] == _ids(one.out)
+    exact = select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "exact", shard_rows=23))
+    assert [pq.read_metadata(f).num_rows for f in _shards(exact.out)] == [23, 23] and _ids(exact.out) == _ids(one.out)
+    empty = select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "empty", cap=0, shard_rows=7))
+    assert [f.name for f in _shards(empty.out)] == ["train-00000-of-00001.parquet"] and _table(empty.out).num_rows == 0
     manifest = json.loads((many.out / "manifest.json").read_text())
     assert list(manifest["files"]) == names and manifest["rows"] == 46
     again = select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "many", shard_rows=7, force=True))
@@ -170,11 +171,6 @@ def test_shards_split_the_seeded_order(tmp_path, mixed):
     embedded = select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "emb", shard_rows=20, images="embed"))
     assert len(_shards(embedded.out)) == 3
     assert _table(embedded.out).drop_columns(["images"]).to_pylist() == _table(one.out).drop_columns(["images"]).to_pylist()
-    from train.data import load_rl
-
-    pq.write_table(_table(one.out).slice(0, 3), tmp_path / "many" / "stray.parquet")  # not the dataset's: not read
-    ds, report = load_rl(tmp_path / "many")
-    assert ds["sample_id"] == _ids(one.out) and report.manifest["rows"] == 46
     fewer = select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "many", force=True))
     assert [f.name for f in _shards(fewer.out)] == ["train-00000-of-00001.parquet"], "no shard of the replaced dataset is left"
     single = tmp_path / "single"
@@ -184,11 +180,35 @@ def test_shards_split_the_seeded_order(tmp_path, mixed):
         select_stage(mixed, SelectOptions(stage="perception", out=single))
     select_stage(mixed, SelectOptions(stage="perception", out=single, force=True))
     assert sorted(p.name for p in single.iterdir()) == ["manifest.json", "train-00000-of-00001.parquet"]
-    _shards(fewer.out)[0].unlink()
-    with pytest.raises(PebrError, match="train-00000-of-00001.parquet, which is missing"):
-        load_rl(fewer.out)
     with pytest.raises(PebrError, match="shard_rows"):
         select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "x", shard_rows=0))
+
+
+def test_a_failed_shard_leaves_no_dataset(tmp_path, mixed):
+    image = next((mixed.root / "images").rglob("*.png"))
+    image.rename(image.with_name("moved"))  # embedding then fails on the samples that use it
+    with pytest.raises(PebrError, match="missing from the store"):
+        select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "e", images="embed", shard_rows=5))
+    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == [], "no shard, temporary file or manifest is left"
+
+
+def test_sharded_stage_dataset_loads_for_training(tmp_path, mixed):
+    datasets = pytest.importorskip("datasets")
+    from train.data import load_rl
+
+    one = select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "one"))
+    many = select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "many", shard_rows=7))
+    ds = datasets.load_dataset("parquet", data_files=str(many.out / "train-*-of-*.parquet"), split="train")
+    assert ds["sample_id"] == _ids(one.out)
+    pq.write_table(_table(one.out).slice(0, 3), many.out / "stray.parquet")  # not the dataset's: not read
+    rl, report = load_rl(many.out)
+    assert rl["sample_id"] == _ids(one.out) and report.manifest["rows"] == 46
+    _shards(many.out)[0].unlink()
+    with pytest.raises(PebrError, match="train-00000-of-00007.parquet, which is missing"):
+        load_rl(many.out)
+    (many.out / "manifest.json").unlink()
+    with pytest.raises(PebrError, match="without manifest.json"):
+        load_rl(many.out)
 
 
 PROMPT_CASES = [

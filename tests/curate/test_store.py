@@ -85,6 +85,17 @@ def test_committed_scan_reads_the_rows_of_the_view(tmp_path):
         assert got == [("import-a", 0), ("import-a", 1)]
         # a table without committed parts still has its columns
         assert con.execute(f"select count(*), count(qid) from {store.committed_scan(con, 'samples')}").fetchone() == (0, 0)
+        sample = {"sample_id": "s", "source": "x", "qid": "q", "problem": "p", "answer": "a", "key_words": [], "images": [],
+                  "ingest_file": "f", "record_index": 0}
+        store.add_run("ingest-a", "ingest")
+        store.write("samples", pa.Table.from_pylist([{**sample, "ingest_run": "ingest-a"}]), "ingest-a")
+        store.write("samples", pa.Table.from_pylist([{**sample, "sample_id": "t", "ingest_run": "ingest-b"}]), "ingest-b")
+        con = store.connect()
+        scan = store.committed_scan(con, "samples")
+        assert con.execute(f"select sample_id from {scan}").fetchall() == con.execute("select sample_id from samples").fetchall() == [("s",)]
+        # the rule the by-file reading rests on: a part holds only its own run's rows
+        with pytest.raises(ValueError, match="ingest_run = 'ingest-c'"):
+            store.write("samples", pa.Table.from_pylist([{**sample, "ingest_run": "ingest-a"}]), "ingest-c")
 
 
 def test_catalog_file_opens_in_duckdb(tmp_path):
