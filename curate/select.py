@@ -391,11 +391,10 @@ def select_stage(store: Store, opts: SelectOptions) -> SelectReport:
         workers = 1 if opts.images == "embed" else con.execute("SELECT current_setting('threads')").fetchall()[0][0]
         con.execute("SET threads = 1")
         rows, shards = _write_shards(store, con, opts, out, sum(n for *_, n in counts), workers)
-        if opts.format != "parquet":
-            con.execute("RESET threads")
         files = {name: sha256_file(out / name) for name in shards}
         skipped = 0
         if opts.format != "parquet":
+            con.execute("RESET threads")  # one query over the whole stage
             name = f"{opts.format}/{'train' if opts.format == 'easyr1' else opts.stage}.json"
             (out / opts.format).mkdir(parents=True, exist_ok=True)
             _, skipped = write_json_records(_record_rows(con), out / name, opts.format, store.root, opts.template)
