@@ -301,7 +301,9 @@ def select(
         r = select_stage(_store(store), opts)
     err = console()
     z = r.zero_advantage.get("predicted")
-    err.print(f"{stage}: {r.rows:,} samples ({r.band} band of run {r.run_id}: {r.band_total:,}) -> [bold]{r.out}[/bold]")
+    shards = sum(name.endswith(".parquet") for name in r.files)
+    err.print(f"{stage}: {r.rows:,} samples ({r.band} band of run {r.run_id}: {r.band_total:,}) -> [bold]{r.out}[/bold] "
+              f"({shards} Parquet shard{'s' if shards > 1 else ''})")
     err.print("  by capability: " + ", ".join(f"{k} {v:,}" for k, v in r.by_capability.items()), highlight=False)
     if z is not None:
         err.print(f"  predicted zero-advantage groups at G={group_size}: {z:.2f} ({r.zero_advantage['predicted_basis']})",

@@ -184,6 +184,20 @@ def test_shards_split_the_seeded_order(tmp_path, mixed):
         select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "x", shard_rows=0))
 
 
+def test_select_command_line(tmp_path, mixed):
+    def select(*args):
+        return subprocess.run([sys.executable, "-m", "curate.cli", "select", "--stage", "perception", "--store", str(mixed.root),
+                               *args], capture_output=True, text=True, timeout=300)
+
+    r = select("--out", str(tmp_path / "p"), "--shard-rows", "20")
+    assert r.returncode == 0, r.stderr
+    assert "perception: 46 samples" in r.stderr and "(3 Parquet shards)" in r.stderr
+    assert len(_shards(tmp_path / "p")) == 3
+    r = select("--out", str(tmp_path / "x"), "--shard-rows", "0")
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "shard_rows must be >= 1" in r.stderr
+
+
 def test_a_failed_shard_leaves_no_dataset(tmp_path, mixed):
     image = next((mixed.root / "images").rglob("*.png"))
     image.rename(image.with_name("moved"))  # embedding then fails on the samples that use it
