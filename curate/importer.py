@@ -73,8 +73,10 @@ def _select_sql(fmt: str, qid_field: str | None) -> tuple[str, dict]:
     """SELECT list over the reader (qid, response, and `score`: the dump's reward at its own
     precision, compared with the correctness threshold) and the reader's columns."""
     if fmt == "pebr":
-        columns = {"qid": "VARCHAR", "response": "VARCHAR", "score": "JSON"}  # ground_truth is the sample's answer
-        return "SELECT CAST(qid AS VARCHAR) AS qid, response, TRY_CAST(json_extract(score, '$.accuracy') AS FLOAT) AS score", columns
+        # ground_truth is the sample's answer, already in the store. A score that is not an object
+        # with a numeric accuracy reads as NULL (tested), the record is kept.
+        columns = {"qid": "VARCHAR", "response": "VARCHAR", "score": "STRUCT(accuracy DOUBLE)"}
+        return "SELECT qid, response, CAST(score.accuracy AS FLOAT) AS score", columns
     if not qid_field:
         raise PebrError("verl dumps carry no question id: pass --qid-field NAME (a field your reward function logged, e.g. uid)")
     columns = {"input": "VARCHAR", "output": "VARCHAR", "score": "DOUBLE", qid_field: "VARCHAR"}

@@ -208,3 +208,20 @@ def test_verl_scores_meet_the_threshold_at_their_own_precision(tmp_path, store):
     r = import_rollouts(store, write_jsonl(tmp_path / "w.jsonl", lines), qid_field="uid")
     got = store.connect().execute(f"select correct from rollouts where run_id = '{r.run_id}' order by rollout_idx").fetchall()
     assert [c for (c,) in got] == [False, True, False, False]
+
+
+def test_odd_scores_are_kept_as_incorrect_rollouts(tmp_path, store):
+    """A record whose score is not {"accuracy": number} is still a rollout: NULL accuracy, not correct."""
+    scores = {"a": {"accuracy": 1.0}, "b": 1.0, "c": "abc", "d": {"accuracy": "x"}, "e": None, "f": {"accuracy": True},
+              "g": {"accuracy": "0.5"}, "h": {"accuracy": 1, "format": 0.5}, "i": "null", "j": {"accuracy": [1]}}
+    lines = []
+    for qid, score in scores.items():
+        rec = {"qid": qid, "response": "r"}
+        if score is not None:
+            rec["score"] = None if score == "null" else score
+        lines.append(rec)
+    r = import_rollouts(store, write_jsonl(tmp_path / "odd.jsonl", lines))
+    assert (r.lines, r.rollouts, r.unreadable) == (10, 10, 0)
+    got = store.connect().execute("SELECT qid, accuracy, correct FROM rollouts ORDER BY rollout_idx").fetchall()
+    assert got == [("a", 1.0, True), ("b", None, False), ("c", None, False), ("d", None, False), ("e", None, False),
+                   ("f", 1.0, True), ("g", 0.5, False), ("h", 1.0, True), ("i", None, False), ("j", None, False)]
