@@ -37,20 +37,22 @@ MACROS = [
     "((k / n) + z * z / (2 * n) + z * sqrt((k / n) * (1 - k / n) / n + z * z / (4 * n * n))) / (1 + z * z / n) END",
 ]
 
-def _agg_sql(rollouts: str, run_filter: str = "", null_columns: tuple[str, ...] = ()) -> str:
+def _agg_sql(rollouts: str, one_run: bool = False, null_columns: tuple[str, ...] = ()) -> str:
     """Per (run, sample) of `rollouts`: the counts and reward moments every other difficulty column
-    derives from. `null_columns` (reward columns, or n_tokens) are known to hold only NULLs in
+    derives from; with `one_run`, of the run named by the query parameter `$run` only (grouped by
+    sample alone). `null_columns` (reward columns, or n_tokens) are known to hold only NULLs in
     `rollouts`, so their moments are NULL without a pass over them."""
 
     def moment(fn: str, column: str) -> str:
         return "CAST(NULL AS DOUBLE)" if column in null_columns else f"{fn}({column})"
 
     stats = ",\n    ".join(f"{moment('avg', c)} AS mean_{c}, {moment('stddev_pop', c)} AS std_{c}" for c in REWARD_COLUMNS)
-    return f"""SELECT run_id, sample_id, count(*) AS n, count(*) FILTER (WHERE correct) AS k,
+    run, where, group = ("CAST($run AS VARCHAR)", " AND run_id = $run", "sample_id") if one_run else ("run_id", "", "run_id, sample_id")
+    return f"""SELECT {run} AS run_id, sample_id, count(*) AS n, count(*) FILTER (WHERE correct) AS k,
     {stats},
     {moment('avg', 'n_tokens')} AS mean_tokens
-  FROM {rollouts} WHERE sample_id IS NOT NULL{run_filter}
-  GROUP BY run_id, sample_id"""
+  FROM {rollouts} WHERE sample_id IS NOT NULL{where}
+  GROUP BY {group}"""
 
 
 def _from_agg(agg: str, extra: str = "") -> str:
@@ -134,7 +136,7 @@ CACHE_DIR = Path("cache") / "difficulty"
 STALE_CACHE_S = 600
 """A superseded cache file is removed once its replacement is this old (seconds)."""
 def _run_rows_sql(rollouts: str = "rollouts", null_columns: tuple[str, ...] = (), samples: str = "samples") -> str:
-    return (f"SELECT a.*, s.source, s.capability FROM ({_agg_sql(rollouts, ' AND run_id = $run', null_columns)}) a "
+    return (f"SELECT a.*, s.source, s.capability FROM ({_agg_sql(rollouts, True, null_columns)}) a "
             f"LEFT JOIN {samples} s USING (sample_id)")
 
 
