@@ -49,7 +49,7 @@ def _records(path: Path) -> tuple[list[dict], Path, dict | None]:
             raise PebrError(f"{path}: no Parquet files (expected a stage dataset from `curate select`)")
         missing = [f.name for f in files if not f.is_file()]
         if missing:
-            raise PebrError(f"{path}: the manifest lists {', '.join(missing)}, which is missing; select the stage again")
+            raise PebrError(f"{path}: missing what the manifest lists ({', '.join(missing)}); select the stage again")
         import pyarrow.parquet as pq
 
         rows = [r for f in files for r in pq.read_table(f).to_pylist()]
