@@ -25,11 +25,10 @@ from curate.export import (BATCH_ROWS, IMAGE_MODES, STAGE_COLUMNS, gold_response
                            write_json_records, write_parquet)
 from curate.store import Store, code_version, sql_literal
 from rewards.prompt import PROMPT_TEMPLATE
-from schemas import REWARD_COLUMNS
+from schemas import REWARD_COLUMNS, STAGE_SHARDS
 
 FORMATS = ("parquet", "easyr1", "sharegpt")
 MANIFEST_NAME = "manifest.json"
-SHARD_GLOB = "train-*-of-*.parquet"
 SHARD_ROWS = 65_536
 """Most rows per Parquet shard of a stage dataset (--shard-rows)."""
 PERCEPTION_CAPS = ("perception_coarse", "perception_fine")
@@ -347,7 +346,7 @@ def _rule(opts: SelectOptions, band: str) -> str:
 
 def _dataset_files(out: Path) -> list[Path]:
     """The files of a stage dataset in `out`: manifest, shards, and a single-file train.parquet."""
-    return [p for p in (out / MANIFEST_NAME, out / "train.parquet") if p.exists()] + sorted(out.glob(SHARD_GLOB))
+    return [p for p in (out / MANIFEST_NAME, out / "train.parquet") if p.exists()] + sorted(out.glob(STAGE_SHARDS))
 
 
 def _holds_dataset(out: Path) -> bool:
@@ -485,7 +484,7 @@ def _write_manifest(store: Store, opts: SelectOptions, r: SelectReport, run_row:
         "schema": schema,
         "images": ("absolute paths into the store's image folder (datasets.Image decodes them from there)"
                    if opts.images == "path" else "embedded bytes"),
-        "load_with": f"datasets.load_dataset('parquet', data_files='{r.out / SHARD_GLOB}', split='train')",
+        "load_with": f"datasets.load_dataset('parquet', data_files='{r.out / STAGE_SHARDS}', split='train')",
         "pebr_version": code_version(),
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -26,7 +26,10 @@ RUN_COLUMNS = ("run_id", "kind", "created_at", "model", "engine", "sampling", "g
 REWARD_COLUMNS = ("accuracy", "format", "keyword", "length", "clip", "overall")
 """One float column per reward component in `rollouts` (and a mean and std of each in `difficulty`)."""
 
-__all__ = sorted(_TABLE_NAMES | {"REWARD_COLUMNS", "RUN_COLUMNS", "SCHEMA_VERSION", "TABLE_NAMES"})
+STAGE_SHARDS = "train-*-of-*.parquet"
+"""Glob of a stage dataset's Parquet shards (`curate select` writes them, `train run` reads them)."""
+
+__all__ = sorted(_TABLE_NAMES | {"REWARD_COLUMNS", "RUN_COLUMNS", "SCHEMA_VERSION", "STAGE_SHARDS", "TABLE_NAMES"})
 
 
 def __getattr__(name: str):

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rewards.prompt import PROMPT_TEMPLATE, build_messages
+from schemas import STAGE_SHARDS
 from schemas.errors import PebrError
 
 
@@ -42,7 +43,7 @@ def _records(path: Path) -> tuple[list[dict], Path, dict | None]:
         manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
         # A stage dataset's manifest lists its Parquet shards in order; other folders: every Parquet file.
         listed = [path / name for name in (manifest or {}).get("files", {}) if name.endswith(".parquet")]
-        if not listed and any(path.glob("train-*-of-*.parquet")):
+        if not listed and any(path.glob(STAGE_SHARDS)):
             raise PebrError(f"{path}: Parquet shards without manifest.json, an unfinished `curate select`; select the stage again")
         files = listed or sorted(path.glob("*.parquet"))
         if not files:
