@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import os
 import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -164,8 +163,8 @@ def mix_targets(coarse: int, fine: int, mix: float) -> tuple[int, int]:
 
 def _selection(store: Store, con, opts: SelectOptions, band: str, run_id: str) -> dict[str, int]:
     """Build `picked` (sample_id, source, capability, the difficulty columns of the export, rank_key)
-    step by step: a temporary table, or a view of the band's rows when no option narrows them;
-    returns rows left after each step."""
+    step by step: a table, or a view of the band's rows when no option narrows them; returns rows
+    left after each step."""
     rows = load_difficulty(store, con, run_id)  # the run's cached difficulty rows, not every rollout
     diff = difficulty_query(run_id, easy_min=opts.easy_min, hard_max=opts.hard_max, group_size=opts.group_size,
                             relation=rows)
@@ -223,9 +222,7 @@ def _selection(store: Store, con, opts: SelectOptions, band: str, run_id: str) -
         steps["quota"] = con.execute(f"SELECT count(*) FROM ({query})").fetchall()[0][0]
     if opts.cap is not None:
         query = f"SELECT * FROM ({query}) ORDER BY rank_key LIMIT {int(opts.cap)}"
-    narrowed = bool(opts.sources or opts.capabilities or opts.where or opts.dedup or opts.quota
-                    or opts.coarse_fine_mix is not None or opts.cap is not None)
-    if not narrowed:
+    if not _narrows(opts):
         con.execute("CREATE OR REPLACE VIEW picked AS SELECT * FROM band_rows")  # the whole band, as read
     else:
         con.execute(f"CREATE OR REPLACE TABLE picked AS {query}")
@@ -321,6 +318,12 @@ def _zero_advantage(con, group_size: int, stage: str, run_id: str) -> dict:
             "accuracy_point_estimate": row[1], "observed_zero_std": observed, "note": note}
 
 
+def _narrows(opts: SelectOptions) -> bool:
+    """Whether an option keeps fewer than every sample of the band."""
+    return bool(opts.sources or opts.capabilities or opts.where or opts.dedup or opts.quota
+                or opts.coarse_fine_mix is not None or opts.cap is not None)
+
+
 def _rule(opts: SelectOptions, band: str) -> str:
     rule = {"easy": f"k >= {opts.easy_min:g} * n", "medium": f"{opts.hard_max:g} * n < k < {opts.easy_min:g} * n",
             "hard": f"k <= {opts.hard_max:g} * n"}[band]
@@ -339,7 +342,7 @@ def _rule(opts: SelectOptions, band: str) -> str:
         parts.append(f"per-source quota {dict(sorted(opts.quota.items()))}")
     if opts.cap is not None:
         parts.append(f"cap {opts.cap}")
-    if len(parts) == 1:
+    if not _narrows(opts):
         parts.append("every sample of the band")
     return "; ".join(parts) + f"; order md5_number('{opts.seed}:' || sample_id)"
 
