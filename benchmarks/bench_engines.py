@@ -25,9 +25,9 @@ REPO = Path(__file__).resolve().parents[1]
 DRIVER = """
 import json, sys, time
 from PIL import Image
-from curate.engines import load_engine
-from curate.engines.base import EngineOptions, Request, SamplingConfig, rollout_seed
-from rewards.prompt import build_messages
+from generation import load_engine
+from generation.base import EngineOptions, Request, SamplingConfig, rollout_seed
+from generation.prompt import build_messages
 spec = json.loads(sys.argv[1])
 rows = [json.loads(l) for l in open(spec["data"])][: spec["prompts"]]
 cfg = SamplingConfig(**spec["cfg"])

@@ -29,8 +29,13 @@ SHAPES = {
 
 def build_model(out: Path, shape: str, corpus: list[str]) -> Path:
     import torch
-    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessor,
-                              Qwen2VLVideoProcessor, Qwen2_5_VLProcessor)
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
 
     from train.tiny import CHAT_TEMPLATE, train_tokenizer
 
@@ -63,9 +68,15 @@ def build_model(out: Path, shape: str, corpus: list[str]) -> Path:
 def main() -> None:
     import torch
 
-    from curate.engines import EngineOptions, Request, SamplingConfig, load_engine, rollout_seed
     from curate.synth import generate_world
-    from rewards.prompt import build_messages
+    from generation import (
+        EngineOptions,
+        Request,
+        SamplingConfig,
+        load_engine,
+        rollout_seed,
+    )
+    from generation.prompt import build_messages
     from train.config import stage_config
     from train.grpo import run_stage
 

@@ -10,7 +10,34 @@ from typing import Annotated, Optional
 
 import typer
 
-from schemas.cli import FormatOpt, OutFormat, StoreOpt, console, progress_bar, run_app, status
+from curate.score import CHUNK, ScoreOptions
+from curate.select import SelectOptions
+from generation import ENGINES, EngineOptions, SamplingConfig
+from schemas import REWARD_STAGES, STAGE_BANDS
+from schemas.cli import (
+    FormatOpt,
+    OutFormat,
+    StoreOpt,
+    console,
+    progress_bar,
+    run_app,
+    status,
+)
+from schemas.config import default
+
+# Option defaults are read from the option dataclasses (one definition each); those modules import
+# nothing heavy, so `--help` stays instant.
+
+RewardOpt = Annotated[Optional[list[str]], typer.Option(
+    "--reward", help="KEY=VALUE: a reward setting (rewards.config.RewardConfig), e.g. clip_model_path=/models/fg-clip "
+    "or length_limit=256 (repeatable).")]
+
+
+def _rewards(items: list[str] | None):
+    from rewards.config import RewardConfig
+    from schemas.config import build, parse_overrides
+
+    return build(RewardConfig, parse_overrides(items or []), "--reward")
 
 app = typer.Typer(
     name="curate",
@@ -42,7 +69,8 @@ def ingest(
     """
     from rich.table import Table
 
-    from curate.ingest import REASONS, IngestOptions, ingest as run_ingest
+    from curate.ingest import REASONS, IngestOptions
+    from curate.ingest import ingest as run_ingest
 
     opts = IngestOptions(path=path, image_root=image_root, source=source, capability=capability, split=split)
     with progress_bar(transient=True, unit="records") as bar:
@@ -111,21 +139,19 @@ def sql(
 @app.command()
 def grade(
     file: Annotated[Path, typer.Argument(help="JSONL with `response`, `answer` (or `ground_truth`), optional `key_words`, `response_length`, `image`.")],
-    stage: Annotated[str, typer.Option(help="sampling | perception | reasoning")] = "sampling",
+    stage: Annotated[str, typer.Option(help=" | ".join(REWARD_STAGES))] = REWARD_STAGES[0],
     out: Annotated[Optional[Path], typer.Option(help="Write graded lines here (default: stdout).")] = None,
-    clip_model: Annotated[Optional[Path], typer.Option(help="CLIP-family model dir for the alignment reward.")] = None,
-    allow_remote_code: Annotated[bool, typer.Option(help="Let the alignment model run its own code (FG-CLIP).")] = False,
+    reward: RewardOpt = None,
 ) -> None:
     """Grade responses with the paper's rewards, without generating.
 
-    Example: curate grade responses.jsonl --stage perception --out graded.jsonl
+    Example: curate grade responses.jsonl --stage perception --reward clip_model_path=/models/fg-clip --out graded.jsonl
     """
     import sys
 
     from curate.grade import grade_file
-    from rewards import RewardConfig
 
-    cfg = RewardConfig(clip_model_path=str(clip_model) if clip_model else None, allow_remote_code=allow_remote_code)
+    cfg = _rewards(reward)
     handle = open(out, "w") if out else sys.stdout
     try:
         report = grade_file(file, stage, handle, cfg)
@@ -143,22 +169,24 @@ def grade(
 @app.command()
 def regrade(
     run: Annotated[str, typer.Option("--run", help="The run whose rollouts to grade again.")],
+    reward: RewardOpt = None,
     store: StoreOpt = Path("store"),
 ) -> None:
     """Grade a stored run again with the current graders, into a new run (no generation).
 
-    Example: curate regrade --run score-3f2a9c1b0d4e
+    Example: curate regrade --run score-3f2a9c1b0d4e --reward length_limit=1024
     """
     from curate.grade import regrade as run_regrade
 
+    cfg = _rewards(reward)
     with progress_bar(unit="rollouts") as bar:
         task = bar.add_task(f"regrade {run}", total=None)
-        new_run, total = run_regrade(_store(store), run, progress=lambda k: bar.advance(task, k))
+        new_run, total = run_regrade(_store(store), run, cfg, progress=lambda k: bar.advance(task, k))
     console().print(f"regraded {total:,} rollouts of {run} into run [bold]{new_run}[/bold]")
 
 
 def _parse_shard(text: str) -> tuple[int, int]:
-    from curate.errors import PebrError
+    from schemas.errors import PebrError
 
     try:
         i, n = (int(x) for x in text.split("/"))
@@ -167,27 +195,32 @@ def _parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
+_S = SamplingConfig
+_E = EngineOptions
+
+
 @app.command()
 def score(
     model: Annotated[Path, typer.Option(help="Hugging Face VLM directory (the base model).")],
-    engine: Annotated[str, typer.Option(help="hf (transformers) or vllm.")] = "hf",
-    n: Annotated[int, typer.Option(help="Rollouts per sample.")] = 8,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 1.2,
-    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 0.99,
-    max_new_tokens: Annotated[int, typer.Option(help="Longest response in tokens.")] = 2048,
-    seed: Annotated[int, typer.Option(help="Run seed; rollout seeds derive from (seed, sample, index).")] = 1,
+    engine: Annotated[str, typer.Option(help=f"{' | '.join(ENGINES)}.")] = default(ScoreOptions, "engine"),
+    n: Annotated[int, typer.Option(help="Rollouts per sample.")] = _S.n,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = _S.temperature,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = _S.top_p,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest response in tokens.")] = _S.max_new_tokens,
+    seed: Annotated[int, typer.Option(help="Run seed; rollout seeds derive from (seed, sample, index).")] = _S.seed,
     source: Annotated[Optional[list[str]], typer.Option(help="Only samples of this source (repeatable).")] = None,
     shard: Annotated[str, typer.Option(help="i/N: score the i-th of N disjoint parts (for N processes).")] = "0/1",
     adaptive: Annotated[bool, typer.Option(help="Stop a sample once it has a correct and an incorrect rollout.")] = False,
-    round_size: Annotated[int, typer.Option(help="Adaptive: rollouts per sample per round.")] = 2,
-    batch_size: Annotated[int, typer.Option(help="hf: sequences per forward pass.")] = 64,
-    chunk: Annotated[Optional[int], typer.Option(help="Samples per generate call and written part (default hf 16, vllm 512).")] = None,
-    tensor_parallel_size: Annotated[int, typer.Option(help="vllm: GPUs per model replica.")] = 1,
-    gpu_memory_utilization: Annotated[float, typer.Option(help="vllm: fraction of GPU memory to use.")] = 0.85,
-    max_model_len: Annotated[Optional[int], typer.Option(help="vllm: context length.")] = None,
-    dtype: Annotated[str, typer.Option(help="Model dtype (auto, bfloat16, float32).")] = "auto",
-    min_pixels: Annotated[int, typer.Option(help="Smallest image area after resizing.")] = 576,
-    max_pixels: Annotated[int, typer.Option(help="Largest image area after resizing.")] = 4_194_304,
+    round_size: Annotated[int, typer.Option(help="Adaptive: rollouts per sample per round.")] = default(ScoreOptions, "round_size"),
+    batch_size: Annotated[int, typer.Option(help="hf: sequences per forward pass.")] = _E.batch_size,
+    chunk: Annotated[Optional[int], typer.Option(help=f"Samples per generate call and written part (default {CHUNK}).")] = None,
+    tensor_parallel_size: Annotated[int, typer.Option(help="vllm: GPUs per model replica.")] = _E.tensor_parallel_size,
+    gpu_memory_utilization: Annotated[float, typer.Option(help="vllm: fraction of GPU memory to use.")] = _E.gpu_memory_utilization,
+    max_model_len: Annotated[Optional[int], typer.Option(help="vllm: context length.")] = _E.max_model_len,
+    dtype: Annotated[str, typer.Option(help="Model dtype (auto, bfloat16, float32).")] = _E.dtype,
+    min_pixels: Annotated[int, typer.Option(help="Smallest image area after resizing.")] = _S.min_pixels,
+    max_pixels: Annotated[int, typer.Option(help="Largest image area after resizing.")] = _S.max_pixels,
+    reward: RewardOpt = None,
     limit: Annotated[Optional[int], typer.Option(help="Score only the first N samples (quick checks).")] = None,
     run: Annotated[Optional[str], typer.Option(help="Resume this run id.")] = None,
     new_run: Annotated[bool, typer.Option(help="Start a new run even if an identical one exists.")] = False,
@@ -199,8 +232,6 @@ def score(
 
     Example: curate score --model Qwen2.5-VL-7B-Instruct --engine vllm --n 8 --temperature 1.2
     """
-    from curate.engines.base import EngineOptions, SamplingConfig
-    from curate.score import ScoreOptions
     from curate.score import score as run_score
 
     opts = ScoreOptions(
@@ -211,7 +242,7 @@ def score(
                                      gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
                                      batch_size=batch_size),
         sources=source, shard=_parse_shard(shard), adaptive=adaptive, round_size=round_size,
-        chunk=chunk or (512 if engine == "vllm" else 16), limit=limit, run=run, new_run=new_run,
+        chunk=chunk, rewards=_rewards(reward), limit=limit, run=run, new_run=new_run,
     )
     with progress_bar(unit="rollouts") as bar:
         task = bar.add_task(f"score ({engine})", total=None)
@@ -254,7 +285,7 @@ def synth(
 
 
 def _quota(items: list[str]) -> dict[str, int]:
-    from curate.errors import PebrError
+    from schemas.errors import PebrError
 
     out = {}
     for item in items:
@@ -267,23 +298,23 @@ def _quota(items: list[str]) -> dict[str, int]:
 
 @app.command()
 def select(
-    stage: Annotated[str, typer.Option(help="perception (easy band) | reasoning (medium) | warmup (hard).")],
-    out: Annotated[Path, typer.Option(help="Output folder: train-*-of-*.parquet shards, manifest.json, and --format extras.")],
+    stage: Annotated[str, typer.Option(help=" | ".join(f"{s} ({b} band)" for s, b in STAGE_BANDS.items()) + ".")],
+    out: Annotated[Path, typer.Option(help="Output folder: train-*-of-*.parquet shards, manifest.json, select_drops.parquet, and --format extras.")],
     run: Annotated[Optional[str], typer.Option(help="Run whose rollouts define difficulty (default: the latest).")] = None,
     source: Annotated[Optional[list[str]], typer.Option(help="Keep only this source (repeatable).")] = None,
     capability: Annotated[Optional[list[str]], typer.Option(help="Keep only this capability (repeatable).")] = None,
     coarse_fine_mix: Annotated[Optional[float], typer.Option(help="Share of perception_coarse among perception samples.")] = None,
     quota: Annotated[Optional[list[str]], typer.Option(help="SOURCE=COUNT: most samples of a source (repeatable).")] = None,
     cap: Annotated[Optional[int], typer.Option(help="Most samples in the stage.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of every random choice and of the row order.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of every random choice and of the row order.")] = default(SelectOptions, "seed"),
     dedup: Annotated[bool, typer.Option(help="One sample per identical problem + images.")] = False,
     where: Annotated[Optional[str], typer.Option(help="Extra SQL condition over samples and difficulty columns.")] = None,
-    easy_min: Annotated[float, typer.Option(help="Easy when k >= easy_min * n.")] = 1.0,
-    hard_max: Annotated[float, typer.Option(help="Hard when k <= hard_max * n.")] = 0.0,
-    group_size: Annotated[int, typer.Option(help="GRPO group size, for the zero-advantage prediction.")] = 8,
-    images: Annotated[str, typer.Option(help="path (absolute paths into the store's image folder) | embed (bytes: a self-contained file).")] = "path",
-    fmt: Annotated[str, typer.Option("--format", help="parquet | easyr1 (+ reference JSON, images) | sharegpt (+ LLaMA-Factory).")] = "parquet",
-    shard_rows: Annotated[Optional[int], typer.Option(help="Most rows per Parquet shard; shards are written in parallel (default 65,536).")] = None,
+    easy_min: Annotated[float, typer.Option(help="Easy when k >= easy_min * n.")] = default(SelectOptions, "easy_min"),
+    hard_max: Annotated[float, typer.Option(help="Hard when k <= hard_max * n.")] = default(SelectOptions, "hard_max"),
+    group_size: Annotated[int, typer.Option(help="GRPO group size, for the zero-advantage prediction.")] = default(SelectOptions, "group_size"),
+    images: Annotated[str, typer.Option(help="path (absolute paths into the store's image folder) | embed (bytes: a self-contained file).")] = default(SelectOptions, "images"),
+    fmt: Annotated[str, typer.Option("--format", help="parquet | easyr1 (+ reference JSON, images) | sharegpt (+ LLaMA-Factory).")] = default(SelectOptions, "format"),
+    shard_rows: Annotated[int, typer.Option(help="Most rows per Parquet shard; shards are written in parallel.")] = default(SelectOptions, "shard_rows"),
     force: Annotated[bool, typer.Option(help="Replace an existing stage dataset in --out.")] = False,
     store: StoreOpt = Path("store"),
 ) -> None:
@@ -291,17 +322,17 @@ def select(
 
     Example: curate select --stage perception --out stages/perception --coarse-fine-mix 0.5 --seed 1
     """
-    from curate.select import SelectOptions, select_stage
+    from curate.select import select_stage
 
     opts = SelectOptions(stage=stage, out=out, run=run, sources=source, capabilities=capability,
                          coarse_fine_mix=coarse_fine_mix, quota=_quota(quota or []), cap=cap, seed=seed, dedup=dedup,
                          where=where, easy_min=easy_min, hard_max=hard_max, group_size=group_size, images=images, format=fmt,
-                         force=force, **({} if shard_rows is None else {"shard_rows": shard_rows}))
+                         shard_rows=shard_rows, force=force)
     with status(f"selecting the {stage} stage"):
         r = select_stage(_store(store), opts)
     err = console()
     z = r.zero_advantage.get("predicted")
-    shards = sum(name.endswith(".parquet") for name in r.files)
+    shards = sum(name.startswith("train-") for name in r.files)
     err.print(f"{stage}: {r.rows:,} samples ({r.band} band of run {r.run_id}: {r.band_total:,}) -> [bold]{r.out}[/bold] "
               f"({shards} Parquet shard{'s' if shards > 1 else ''})")
     err.print("  by capability: " + ", ".join(f"{k} {v:,}" for k, v in r.by_capability.items()), highlight=False)
@@ -316,9 +347,9 @@ def select(
 def report(
     out: Annotated[Optional[Path], typer.Option(help="Also write PNG plots, report.json and index.html here.")] = None,
     run: Annotated[Optional[str], typer.Option(help="Run to report on (default: the latest).")] = None,
-    group_size: Annotated[int, typer.Option(help="GRPO group size for the zero-advantage prediction.")] = 8,
-    easy_min: Annotated[float, typer.Option(help="Easy when k >= easy_min * n.")] = 1.0,
-    hard_max: Annotated[float, typer.Option(help="Hard when k <= hard_max * n.")] = 0.0,
+    group_size: Annotated[int, typer.Option(help="GRPO group size for the zero-advantage prediction.")] = default(SelectOptions, "group_size"),
+    easy_min: Annotated[float, typer.Option(help="Easy when k >= easy_min * n.")] = default(SelectOptions, "easy_min"),
+    hard_max: Annotated[float, typer.Option(help="Hard when k <= hard_max * n.")] = default(SelectOptions, "hard_max"),
     store: StoreOpt = Path("store"),
 ) -> None:
     """Band counts, pass-rate histograms and predicted zero-advantage fractions per source and capability.

@@ -12,62 +12,26 @@ from __future__ import annotations
 import contextlib
 import glob
 import hashlib
-import os
 import time
-import uuid
 from pathlib import Path
 
-from curate.store import part_run, sql_literal
-from schemas import REWARD_COLUMNS
+from curate.store import part_run
+from curate.views import (
+    DEFAULT_GROUP_SIZE,
+    DIFFICULTY_SQL,
+    MACROS,
+    agg_sql,
+    from_agg,
+    sql_literal,
+)
+from schemas import STAGE_BANDS  # noqa: F401  (the paper's band -> stage map; re-exported)
+from schemas.io import atomic_write
 
-DEFAULT_GROUP_SIZE = 8
-
-MACROS = [
-    # E[p^g] under Beta(a, b) = B(a + g, b) / B(a, b), in log-gamma form.
-    "CREATE OR REPLACE MACRO pebr_beta_moment(a, b, g) AS "
-    "exp(lgamma(a + g) - lgamma(a) + lgamma(a + b) - lgamma(a + b + g))",
-    "CREATE OR REPLACE MACRO p_degenerate(k, n, g) AS "
-    "pebr_beta_moment(k + 1, n - k + 1, g) + pebr_beta_moment(n - k + 1, k + 1, g)",
-    # Band with configurable thresholds on the pass rate (defaults: the paper's k = n and k = 0).
-    "CREATE OR REPLACE MACRO band(k, n, easy_min := 1.0, hard_max := 0.0) AS "
-    "CASE WHEN k >= easy_min * n THEN 'easy' WHEN k <= hard_max * n THEN 'hard' ELSE 'medium' END",
-    "CREATE OR REPLACE MACRO wilson_low(k, n, z := 1.96) AS CASE WHEN k = 0 THEN 0.0 ELSE "
-    "((k / n) + z * z / (2 * n) - z * sqrt((k / n) * (1 - k / n) / n + z * z / (4 * n * n))) / (1 + z * z / n) END",
-    "CREATE OR REPLACE MACRO wilson_high(k, n, z := 1.96) AS CASE WHEN k = n THEN 1.0 ELSE "
-    "((k / n) + z * z / (2 * n) + z * sqrt((k / n) * (1 - k / n) / n + z * z / (4 * n * n))) / (1 + z * z / n) END",
-]
-
-def _agg_sql(rollouts: str, one_run: bool = False, null_columns: tuple[str, ...] = ()) -> str:
-    """Per (run, sample) of `rollouts`: the counts and reward moments every other difficulty column
-    derives from; with `one_run`, of the run named by the query parameter `$run` only (grouped by
-    sample alone). `null_columns` (reward columns, or n_tokens) are known to hold only NULLs in
-    `rollouts`, so their moments are NULL without a pass over them."""
-
-    def moment(fn: str, column: str) -> str:
-        return "CAST(NULL AS DOUBLE)" if column in null_columns else f"{fn}({column})"
-
-    stats = ",\n    ".join(f"{moment('avg', c)} AS mean_{c}, {moment('stddev_pop', c)} AS std_{c}" for c in REWARD_COLUMNS)
-    run, where, group = ("CAST($run AS VARCHAR)", " AND run_id = $run", "sample_id") if one_run else ("run_id", "", "run_id, sample_id")
-    return f"""SELECT {run} AS run_id, sample_id, count(*) AS n, count(*) FILTER (WHERE correct) AS k,
-    {stats},
-    {moment('avg', 'n_tokens')} AS mean_tokens
-  FROM {rollouts} WHERE sample_id IS NOT NULL{where}
-  GROUP BY {group}"""
-
-
-def _from_agg(agg: str, extra: str = "") -> str:
-    """The difficulty columns over a relation holding `_agg_sql`'s columns (plus `extra` ones)."""
-    return f"""SELECT run_id, sample_id, n, k, k / n AS pass_rate, band(k, n) AS band,
-  wilson_low(k, n) AS ci_low, wilson_high(k, n) AS ci_high,
-  {", ".join(f"mean_{c}, std_{c}" for c in REWARD_COLUMNS)},
-  mean_tokens, p_degenerate(k, n, {DEFAULT_GROUP_SIZE}) AS p_degenerate{extra}
-FROM {agg}"""
-
-
-DIFFICULTY_SQL = "CREATE OR REPLACE VIEW difficulty AS\n" + _from_agg(f"({_agg_sql('rollouts')}) agg")
-
-STAGE_BANDS = {"perception": "easy", "reasoning": "medium", "warmup": "hard"}
-"""The paper's dataset-level sampling: which band feeds which training stage."""
+# The view's SQL lives in curate.views (the store defines the views from it); re-exported here, where
+# selections, reports and the API have always found it.
+__all__ = ["CACHE_DIR", "DEFAULT_GROUP_SIZE", "DIFFICULTY_SQL", "MACROS", "ROLLOUT_RUN_KINDS", "STAGE_BANDS",
+           "STALE_CACHE_S", "cache_difficulty", "cache_path", "check_thresholds", "difficulty_query",
+           "load_difficulty", "resolve_run", "warm_cache"]
 
 ROLLOUT_RUN_KINDS = ("score", "import", "regrade")
 """Run kinds whose rollouts define a difficulty; the latest of them is the default run."""
@@ -75,7 +39,7 @@ ROLLOUT_RUN_KINDS = ("score", "import", "regrade")
 
 def check_thresholds(easy_min: float, hard_max: float) -> None:
     """Bands must not overlap: a sample cannot be both easy and hard."""
-    from curate.errors import PebrError
+    from schemas.errors import PebrError
 
     if not (0.0 <= hard_max < easy_min <= 1.0):
         raise PebrError(f"band thresholds need 0 <= hard_max < easy_min <= 1 (got hard_max={hard_max}, easy_min={easy_min})")
@@ -87,7 +51,7 @@ def resolve_run(con, run: str | None = None) -> str:
     "Latest" is the newest run of kind score / import / regrade that has at least one rollout
     matched to a sample, so an ingest or an import of an unrelated dump never hides the real one.
     """
-    from curate.errors import PebrError
+    from schemas.errors import PebrError
 
     kinds = ", ".join(f"'{k}'" for k in ROLLOUT_RUN_KINDS)
     if run is not None:
@@ -114,7 +78,7 @@ def difficulty_query(run_id: str, *, easy_min: float = 1.0, hard_max: float = 0.
     """
     check_thresholds(easy_min, hard_max)
     if group_size < 1:
-        from curate.errors import PebrError
+        from schemas.errors import PebrError
 
         raise PebrError(f"group size must be at least 1 (got {group_size})")
     source = relation or f"difficulty WHERE run_id = {sql_literal(run_id)}"
@@ -135,8 +99,10 @@ def difficulty_query(run_id: str, *, easy_min: float = 1.0, hard_max: float = 0.
 CACHE_DIR = Path("cache") / "difficulty"
 STALE_CACHE_S = 600
 """A superseded cache file is removed once its replacement is this old (seconds)."""
+
+
 def _run_rows_sql(rollouts: str = "rollouts", null_columns: tuple[str, ...] = (), samples: str = "samples") -> str:
-    return (f"SELECT a.*, s.source, s.capability FROM ({_agg_sql(rollouts, True, null_columns)}) a "
+    return (f"SELECT a.*, s.source, s.capability FROM ({agg_sql(rollouts, True, null_columns)}) a "
             f"LEFT JOIN {samples} s USING (sample_id)")
 
 
@@ -161,7 +127,7 @@ def cache_difficulty(store, con, run_id: str, rollouts: str = "rollouts", null_c
     superseded files (`_prune`). Returns the file, or None where the store cannot be written.
 
     `rollouts` is the FROM item read for the run's rollouts: the view, or (for a writer that has
-    just committed them) the run's own part files; `null_columns` as in `_agg_sql`, from a writer
+    just committed them) the run's own part files; `null_columns` as in `agg_sql`, from a writer
     that knows them."""
     import duckdb
 
@@ -169,18 +135,13 @@ def cache_difficulty(store, con, run_id: str, rollouts: str = "rollouts", null_c
     if path.exists():
         _prune(path, run_id)
         return path
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         rows = _run_rows_sql(rollouts, null_columns, store.committed_scan(con, "samples"))
-        con.execute(f"COPY ({rows}) TO {sql_literal(tmp)} (FORMAT parquet, COMPRESSION zstd)",
-                    {"run": run_id})
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: con.execute(
+            f"COPY ({rows}) TO {sql_literal(tmp)} (FORMAT parquet, COMPRESSION zstd)", {"run": run_id}))
     except (OSError, duckdb.IOException):
         return None
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
     return path
 
 
@@ -216,14 +177,15 @@ def warm_cache(store, run_id: str, con=None, rollouts: str = "rollouts", null_co
 def load_difficulty(store, con, run_id: str, table: str = "run_difficulty") -> str:
     """A relation (SQL FROM item) with the run's rows of the difficulty view plus `source` and
     `capability`: over the cached Parquet file when the store can hold it (written now if missing),
-    else TEMP TABLE `table` aggregated from the rollouts. For `difficulty_query(relation=...)`; over
+    else the table `table` aggregated from the rollouts. For `difficulty_query(relation=...)`; over
     the file, a query reads only the columns it needs."""
     path = cache_difficulty(store, con, run_id)
     if path is not None:
         relation = f"read_parquet({sql_literal(path)})"
-        return f"({_from_agg(relation, ', source, capability')})"
+        return f"({from_agg(relation, ', source, capability')})"
     rows = _run_rows_sql()
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {_from_agg(f'({rows})', ', source, capability')}",
+    # A table of the connection's in-memory database, not a TEMP one: the export's cursors see it.
+    con.execute(f"CREATE OR REPLACE TABLE {table} AS {from_agg(f'({rows})', ', source, capability')}",
                 {"run": run_id})
     return table
 

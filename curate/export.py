@@ -1,8 +1,8 @@
 """Write a selected stage as files trainers read directly: Parquet for TRL / `datasets`, and the
 reference JSON (EasyR1/verl) or ShareGPT (LLaMA-Factory warm-up SFT) next to it.
 
-DuckDB builds every column, the chat prompt included (`prompt_sql`, equal row by row to
-`rewards.prompt.build_messages`), and writes the Parquet file itself. Images are referenced by
+DuckDB builds every column, the chat prompt included (`generation.prompt.prompt_sql`, equal row by
+row to `generation.prompt.build_messages`), and writes the Parquet file itself. Images are referenced by
 their absolute path in the store's content-addressed image folder (``--images path``: nothing is
 copied) or embedded as bytes (``--images embed``: a self-contained file; Arrow batches stream
 through Python with a small cache of image bytes, so memory stays bounded by one batch).
@@ -13,13 +13,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 
 from curate.store import sql_literal
-from rewards.prompt import IMAGE_PLACEHOLDER, PROMPT_TEMPLATE
+from generation.prompt import (
+    PROMPT_TEMPLATE,
+    prompt_macro,
+    prompt_parts_sql,
+    prompt_sql,
+    prompt_text,
+)
+from schemas.io import atomic_write
 
 BATCH_ROWS = 8192
 ROW_GROUP_ROWS = 16384
@@ -33,8 +39,6 @@ IMAGE_MODES = ("path", "embed")
 GOLD_RESPONSE_KEYS = ("response", "solution", "rationale")
 """Keys of samples.extra (JSON) that may hold a gold response for warm-up SFT, first one wins."""
 
-_IMAGE_PART = "{'type': 'image', 'text': NULL::VARCHAR}"
-"""An image part of a chat message, as a DuckDB struct (text parts fill `text`)."""
 HF_FEATURES = json.dumps({"info": {"features": {"images": {"feature": {"_type": "Image"}, "_type": "Sequence"}}}})
 """Parquet key-value metadata under the key `huggingface`: `datasets` then loads `images` as a list
 of PIL images (each stored as struct<bytes, path>, datasets.Image's storage type)."""
@@ -42,88 +46,6 @@ of PIL images (each stored as struct<bytes, path>, datasets.Image's storage type
 STAGE_COLUMNS = ("prompt", "images", "answer", "key_words", "sample_id", "source", "capability", "qid", "problem",
                  "response", "n", "k", "pass_rate", "band", "p_degenerate")
 """Columns of a stage dataset's Parquet file, in order."""
-
-
-def prompt_macro() -> str:
-    """SQL defining `pebr_prompt(pieces, n_images)`: the chat prompt of `build_messages` as a DuckDB
-    value (list of {role, content: list of {type, text}}; image parts have a NULL text).
-
-    `pieces` is the templated text split at each ``<image>`` mark (`prompt_pieces_sql`): every piece
-    but the last is followed by an image part, empty text parts are dropped, and images without a
-    mark go first. A scalar macro (no subquery), so DuckDB evaluates it vector by vector.
-    """
-    return f"""CREATE OR REPLACE MACRO pebr_prompt(pieces, n_images) AS [{{'role': 'user', 'content': list_concat(
-  list_transform(range(greatest(0, n_images - (len(pieces) - 1))), lambda x: {_IMAGE_PART}),
-  list_filter(flatten(list_transform(pieces, lambda piece: [{{'type': 'text', 'text': piece}}, {_IMAGE_PART}]))[:-2],
-              lambda part: part.text IS NULL OR part.text <> ''))}}]"""
-
-
-def prompt_pieces_sql(problem: str, template: str = PROMPT_TEMPLATE) -> str:
-    """SQL splitting `template` filled with the `problem` column at its ``<image>`` marks (the
-    template holds one ``{problem}``, filled as `str.format` does)."""
-    prefix, suffix = _template_parts(template)
-    return f"string_split({sql_literal(prefix)} || {problem} || {sql_literal(suffix)}, {sql_literal(IMAGE_PLACEHOLDER)})"
-
-
-def prompt_parts_sql(problem: str) -> str:
-    """SQL splitting the `problem` column at its ``<image>`` marks, for `prompt_sql(parts=...)`."""
-    return f"string_split({problem}, {sql_literal(IMAGE_PLACEHOLDER)})"
-
-
-def prompt_sql(problem: str, n_images: str, template: str = PROMPT_TEMPLATE, parts: str | None = None) -> str:
-    """SQL for the chat prompt of `build_messages(problem, n_images, template)`, row by row.
-
-    The common shapes (one image and no mark, or at most one image and one mark) are built from the
-    problem split at its marks (`parts`, a column holding `prompt_parts_sql(problem)`, computed once
-    per row by the caller; default: split here), specialised in Python to the template's fixed text;
-    any other row goes through the `pebr_prompt` macro (`prompt_macro`), whose list lambdas cost
-    several times more per row.
-    """
-    general = f"pebr_prompt({prompt_pieces_sql(problem, template)}, {n_images})"
-    prefix, suffix = _template_parts(template)
-    mark = IMAGE_PLACEHOLDER
-    # The fast shapes count marks in the problem alone: a template that holds a mark, or could
-    # complete one across its border with the problem, always takes the general path.
-    straddles = any(prefix.endswith(mark[:i]) or suffix.startswith(mark[i:]) for i in range(1, len(mark)))
-    if mark in prefix + suffix or straddles:
-        return general
-    parts = parts or prompt_parts_sql(problem)
-
-    def text(expr: str) -> str:
-        return f"{{'type': 'text', 'text': {expr}}}"
-
-    def message(*content: str) -> str:
-        return f"[{{'role': 'user', 'content': [{', '.join(content)}]}}]"
-
-    def joined(*pieces: str) -> str:
-        return " || ".join(p for p in pieces if p)
-
-    pre, suf = (sql_literal(t) if t else "" for t in (prefix, suffix))
-    before, after = joined(pre, f"{parts}[1]"), joined(f"{parts}[2]", suf)
-    # A side of the mark can only be empty when the template adds nothing there.
-    if prefix and suffix:
-        one_mark = message(text(before), _IMAGE_PART, text(after))
-    else:
-        cases = []
-        if not prefix and not suffix:
-            cases.append(f"WHEN {parts}[1] = '' AND {parts}[2] = '' THEN {message(_IMAGE_PART)}")
-        if not prefix:
-            cases.append(f"WHEN {parts}[1] = '' THEN {message(_IMAGE_PART, text(after))}")
-        if not suffix:
-            cases.append(f"WHEN {parts}[2] = '' THEN {message(text(before), _IMAGE_PART)}")
-        one_mark = f"CASE {' '.join(cases)} ELSE {message(text(before), _IMAGE_PART, text(after))} END"
-    whole = joined(pre, problem, suf)
-    no_mark = f"len({parts}) = 1 AND {n_images} = 1" + ("" if prefix or suffix else f" AND {problem} <> ''")
-    return f"""CASE
-  WHEN {no_mark} THEN {message(_IMAGE_PART, text(whole))}
-  WHEN len({parts}) = 2 AND {n_images} <= 1 THEN {one_mark}
-  ELSE {general} END"""
-
-
-def _template_parts(template: str) -> tuple[str, str]:
-    sentinel = "\x00PEBR-PROBLEM\x00"
-    prefix, _, suffix = template.format(problem=sentinel).partition(sentinel)
-    return prefix, suffix
 
 
 def images_sql(column: str, store_root: Path, mode: str) -> str:
@@ -187,7 +109,7 @@ def _read_store_file(root: Path, rel: str) -> bytes:
     try:
         return (Path(root) / rel).read_bytes()
     except FileNotFoundError:
-        from curate.errors import PebrError
+        from schemas.errors import PebrError
 
         raise PebrError(f"image {rel} is missing from the store at {root} (was the store's images/ folder changed?)") from None
 
@@ -200,28 +122,21 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-
-
 def write_parquet(con, query: str, path: Path, store_root: Path, images: str = "path") -> int:
     """Write the rows of `query` (STAGE_COLUMNS, ordered; `images` from `images_sql`) as one Parquet
     file, atomically; returns the row count."""
     if images not in IMAGE_MODES:
         raise ValueError(f"images must be one of {IMAGE_MODES}")
-    tmp = _tmp(path)
-    try:
+
+    def write(tmp: Path) -> int:
         if images == "path":
-            rows = con.execute(f"COPY ({query}) TO {sql_literal(tmp)} "
+            return con.execute(f"COPY ({query}) TO {sql_literal(tmp)} "
                                f"(FORMAT parquet, COMPRESSION {COMPRESSION}, ROW_GROUP_SIZE {ROW_GROUP_ROWS}, "
                                f"KV_METADATA {{huggingface: {sql_literal(HF_FEATURES)}}})"
                                ).fetchall()[0][0]  # COPY answers with the rows it wrote
-        else:
-            rows = _write_embedded(con.sql(query).to_arrow_reader(BATCH_ROWS), tmp, store_root)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return rows
+        return _write_embedded(con.sql(query).to_arrow_reader(BATCH_ROWS), tmp, store_root)
+
+    return atomic_write(path, write)
 
 
 def _write_embedded(batches, tmp: Path, store_root: Path) -> int:
@@ -256,9 +171,7 @@ def _copy_image(store_root: Path, rel: str, image_dir: Path) -> str:
         try:
             os.link(src, dest)
         except OSError:
-            tmp = _tmp(dest)
-            tmp.write_bytes(_read_store_file(store_root, rel))
-            os.replace(tmp, dest)
+            atomic_write(dest, _read_store_file(store_root, rel))
     return f"{image_dir.name}/{dest.name}"
 
 
@@ -272,9 +185,9 @@ def write_json_records(rows: Iterator[dict], path: Path, fmt: str, store_root: P
     """
     image_dir = path.parent / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(path)
-    written = skipped = 0
-    try:
+
+    def write(tmp: Path) -> tuple[int, int]:
+        written = skipped = 0
         with open(tmp, "w", encoding="utf-8") as f:
             f.write("[")
             for row in rows:
@@ -287,19 +200,16 @@ def write_json_records(rows: Iterator[dict], path: Path, fmt: str, store_root: P
                     if not row["response"]:
                         skipped += 1
                         continue
-                    text = template.format(problem=row["problem"])
-                    missing = len(images) - text.count(IMAGE_PLACEHOLDER)
-                    text = IMAGE_PLACEHOLDER * max(0, missing) + text
+                    text = prompt_text(row["problem"], len(images), template)
                     rec = {"messages": [{"role": "user", "content": text},
                                         {"role": "assistant", "content": row["response"]}],
                            "images": images, "sample_id": row["sample_id"]}
                 f.write(("\n" if written == 0 else ",\n") + json.dumps(rec, ensure_ascii=False))
                 written += 1
             f.write("\n]\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return written, skipped
+        return written, skipped
+
+    return atomic_write(path, write)
 
 
 def llamafactory_dataset_info(name: str, file_name: str) -> dict:
@@ -307,3 +217,98 @@ def llamafactory_dataset_info(name: str, file_name: str) -> dict:
     return {name: {"file_name": file_name, "formatting": "sharegpt",
                    "columns": {"messages": "messages", "images": "images"},
                    "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}}}
+
+
+# -- the stage files ---------------------------------------------------------------------------
+
+def shard_name(i: int, shards: int) -> str:
+    """The Hugging Face name of shard `i` of `shards`: train-00000-of-00002.parquet, ..."""
+    return f"train-{i:05d}-of-{shards:05d}.parquet"
+
+
+def _stage_sql(picked: str, samples: str, store_root: Path, images: str, template: str, where: str = "true") -> str:
+    """The stage rows (STAGE_COLUMNS) of `picked p` matching `where`, in seeded order: the samples'
+    problem, images and columns, and the prompt built from the problem by `generation.prompt`
+    (needs the `pebr_prompt` macro)."""
+    cols = {
+        "prompt": prompt_sql("problem", "len(images_rel)", template, parts="prompt_parts"),
+        "images": images_sql("images_rel", store_root, images),
+        "answer": "answer",
+        "key_words": "key_words",
+        "sample_id": "sample_id",
+        "source": "source",
+        "capability": "capability",
+        "qid": "qid",
+        "problem": "problem",
+        "response": gold_response_sql("extra"),
+        "n": "n",
+        "k": "k",
+        "pass_rate": "pass_rate",
+        "band": "band",
+        "p_degenerate": "p_degenerate",
+    }
+    assert tuple(cols) == STAGE_COLUMNS
+    select = ", ".join(f"{expr} AS {name}" for name, expr in cols.items())
+    # Sorted first, then the prompt and image columns are built over the sorted rows: a narrower sort.
+    rows = ("SELECT s.sample_id, p.source, p.capability, s.qid, s.problem, s.answer, s.key_words, s.images AS images_rel, "
+            f"s.extra, p.n, p.k, p.pass_rate, p.band, p.p_degenerate FROM {picked} p JOIN {samples} s USING (sample_id) "
+            f"WHERE {where} ORDER BY p.rank_key")
+    rows = f"SELECT *, {prompt_parts_sql('problem')} AS prompt_parts FROM ({rows})"
+    return f"SELECT {select} FROM ({rows})"
+
+
+def record_rows(con, picked: str, samples: str) -> Iterator[dict]:
+    """The picked samples as dicts (images as store paths), in seeded order, for the JSON formats."""
+    cur = con.execute(f"SELECT s.*, {gold_response_sql('s.extra')} AS response, p.pass_rate "
+                      f"FROM {picked} p JOIN {samples} s USING (sample_id) ORDER BY p.rank_key")
+    names = [c[0] for c in cur.description]
+    while batch := cur.fetchmany(BATCH_ROWS):
+        for values in batch:
+            yield dict(zip(names, values))
+
+
+def write_shards(con, picked: str, samples: str, out: Path, store_root: Path, *, images: str, template: str,
+                 shard_rows: int, rows: int, workers: int) -> tuple[int, list[str]]:
+    """Write `picked` (rows with a `rank_key`) joined to `samples` as ceil(rows / shard_rows) Parquet
+    shards of consecutive rows in seeded order (sizes differ by one at most), each by its own DuckDB
+    pipeline (`con` is set to one thread), up to `workers` at once; returns the rows written and the
+    shard names in order. If any shard fails, the shards not started are cancelled and those written
+    are removed before the error propagates.
+
+    One pipeline per shard uses the cores: DuckDB's own parallel sort and ordered writer were slower
+    than one thread for a stage's file. Each pipeline reads the samples once, so shards far smaller
+    than the default cost more than they save."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    con.execute(prompt_macro())
+    shards = max(1, -(-rows // shard_rows))
+    names = [shard_name(i, shards) for i in range(shards)]
+    # Row at position p of the order goes to shard p * shards // rows; a shard's lower bound is its
+    # smallest key (keys are distinct: md5 of distinct sample ids).
+    keys = [k for (k,) in con.execute(
+        f"SELECT min(rank_key) FROM (SELECT rank_key, (row_number() OVER (ORDER BY rank_key) - 1) * {shards} // {rows} "
+        f"AS shard FROM {picked}) GROUP BY shard HAVING shard > 0 ORDER BY shard").fetchall()] if shards > 1 else []
+    edges = [None, *keys, None]
+    wheres = [" AND ".join([*([f"p.rank_key >= {lo}::UHUGEINT"] if lo is not None else []),
+                            *([f"p.rank_key < {hi}::UHUGEINT"] if hi is not None else [])]) or "true"
+              for lo, hi in zip(edges, edges[1:])]
+
+    def write(i: int) -> int:
+        cur = con.cursor() if shards > 1 else con  # a cursor per pipeline: DuckDB runs each on its caller's thread
+        try:
+            return write_parquet(cur, _stage_sql(picked, samples, store_root, images, template, wheres[i]), out / names[i],
+                                 store_root, images)
+        finally:
+            if cur is not con:
+                cur.close()
+
+    pool = ThreadPoolExecutor(max(1, min(shards, workers)))
+    try:
+        written = sum(f.result() for f in [pool.submit(write, i) for i in range(shards)])
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        for name in names:
+            (out / name).unlink(missing_ok=True)
+        raise
+    pool.shutdown()
+    return written, names

@@ -10,10 +10,10 @@ from pathlib import Path
 import pyarrow as pa
 
 from curate.difficulty import warm_cache
-from curate.errors import PebrError
 from curate.store import Store, new_run_id
-
-STAGES = ("sampling", "perception", "reasoning")
+from schemas import REWARD_COLUMNS
+from schemas import REWARD_STAGES as STAGES
+from schemas.errors import PebrError
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
@@ -95,7 +95,7 @@ def regrade(store: Store, run: str, cfg=None, batch: int = 4096, progress=None) 
             out = [{
                 "run_id": new_run, "sample_id": g["sample_id"], "qid": g["qid"], "rollout_idx": g["rollout_idx"],
                 "seed": g["seed"], "response": g["response"], "n_tokens": g["n_tokens"], "finish_reason": g["finish_reason"],
-                **{k: g["rewards"].get(k) for k in ("accuracy", "format", "keyword", "length", "clip", "overall")},
+                **{k: g["rewards"].get(k) for k in REWARD_COLUMNS},
                 "correct": bool(g["correct"]),
             } for g in graded]
             store.write("rollouts", pa.Table.from_pylist(out), new_run)

@@ -6,11 +6,12 @@ Formats:
   extra fields; verl writes no question id, so ``--qid-field`` names the field that carries one
   (an extra reward field such as ``uid`` or ``index``).
 
-DuckDB reads the file and writes Parquet; no Python loop touches a line. The dump is read once, in
-parallel, into a temporary table that keeps the file's order (its row ids are the records'
-positions, spilled to disk beyond the memory limit); the record count comes from that one reading. Lines
-DuckDB cannot parse (or that carry no question id) are counted against the file's records (its
-non-blank lines) and reported.
+DuckDB reads the file; no Python loop touches a line. The dump is read once, in parallel, into a
+temporary table that keeps the file's order (its row ids are the records' positions, spilled to disk
+beyond the memory limit); the record count comes from that one reading. The rollouts are a relation
+over that table, which `Store.write` checks against the rollouts schema and has DuckDB write in
+parallel. Lines DuckDB cannot parse (or that carry no question id) are counted against the file's
+records (its non-blank lines) and reported.
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import uuid
-from dataclasses import dataclass, field
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 from curate.difficulty import warm_cache
-from curate.errors import PebrError
-from curate.store import Store, fsync_file, new_run_id, sql_literal
+from curate.store import Store, new_run_id, sql_literal
+from schemas.errors import PebrError
 
 MAX_RECORD_BYTES = 16 << 20
 """Records up to this length are always read (DuckDB's reader takes up to twice as much, and at
@@ -46,7 +47,6 @@ class ImportReport:
     unreadable: int = 0
     unmatched_rollouts: int = 0
     unmatched_qids: int = 0
-    by_format: dict = field(default_factory=dict)
 
 
 def _sniff(path: Path) -> str:
@@ -90,6 +90,9 @@ def import_rollouts(store: Store, path: Path, source: str | None = None, fmt: st
     fmt = fmt or _sniff(path)
     select, columns = _select_sql(fmt, qid_field)
     with store.writing(f"curate import-rollouts {path.name}"):
+        # Store.write checks the rollouts against their Arrow schema: pyarrow loads (0.2 s of CPU) on
+        # the side while DuckDB, started by now, works with the GIL released.
+        threading.Thread(target=_load_arrow, daemon=True).start()
         run_id = new_run_id("import")
         spill = store.root / "tmp" / run_id
         spill.parent.mkdir(exist_ok=True)
@@ -108,6 +111,12 @@ def import_rollouts(store: Store, path: Path, source: str | None = None, fmt: st
             con.close()
             shutil.rmtree(spill.parent, ignore_errors=True)  # the writer lock is ours: nobody else spills there
         return report
+
+
+def _load_arrow() -> None:
+    import pyarrow.parquet  # noqa: F401
+
+    import schemas.tables  # noqa: F401
 
 
 def _import(store: Store, con, path: Path, run_id: str, fmt: str, select: str, columns: dict, source: str | None,
@@ -139,34 +148,25 @@ def _import(store: Store, con, path: Path, run_id: str, fmt: str, select: str, c
             raise
         raise PebrError(f"{path}: a record is longer than the importer reads ({MAX_RECORD_BYTES >> 20} MiB, "
                         "pebr's curate.importer.MAX_RECORD_BYTES); nothing was imported") from None
-    lines = con.execute("SELECT count(*) FROM dump").fetchone()[0]
+    lines, rollouts = con.execute("SELECT count(*), count(qid) FROM dump").fetchone()
+    if rollouts == 0:
+        raise PebrError(f"{path}: no rollout could be read ({lines} lines)")
     con.execute("SET preserve_insertion_order = false")
-    d = store.table_dir("rollouts")
-    tmp = d / f".import-{uuid.uuid4().hex[:8]}.parquet.tmp"
-    final = d / f"part-{run_id}-00000.parquet"
     reward_nulls = ", ".join(f"CAST(NULL AS FLOAT) AS \"{c}\"" for c in NULL_COLUMNS if c != "n_tokens")
-    try:
-        con.execute(f"""
-            COPY (
-              SELECT '{run_id}' AS run_id, m.sample_id, d.qid, CAST(d.rowid AS INTEGER) AS rollout_idx,
-                CAST(NULL AS BIGINT) AS seed, coalesce(d.response, '') AS response, CAST(NULL AS INTEGER) AS n_tokens,
-                CAST(NULL AS VARCHAR) AS finish_reason, CAST(d.score AS FLOAT) AS accuracy, {reward_nulls},
-                CAST(d.score AS FLOAT) AS overall, coalesce(d.score, 0) >= {threshold!r} AS correct
-              FROM dump d LEFT JOIN qmap m USING (qid)
-              WHERE d.qid IS NOT NULL
-            ) TO {sql_literal(tmp)} (FORMAT parquet, COMPRESSION zstd)
-        """)
-        stats = con.execute(f"""
-            SELECT count(*), count(*) FILTER (WHERE sample_id IS NULL),
-                   count(DISTINCT qid) FILTER (WHERE sample_id IS NULL)
-            FROM read_parquet({sql_literal(tmp)})
-        """).fetchone()
-        report = ImportReport(run_id=run_id, lines=lines, rollouts=stats[0], unreadable=lines - stats[0],
-                              unmatched_rollouts=stats[1], unmatched_qids=stats[2], by_format={fmt: stats[0]})
-        if report.rollouts == 0:
-            raise PebrError(f"{path}: no rollout could be read ({lines} lines)")
-        fsync_file(tmp)  # the run's row, written next, commits these rollouts
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return report, final
+    rows = con.sql(f"""
+        SELECT {sql_literal(run_id)} AS run_id, m.sample_id, d.qid, CAST(d.rowid AS INTEGER) AS rollout_idx,
+          CAST(NULL AS BIGINT) AS seed, coalesce(d.response, '') AS response, CAST(NULL AS INTEGER) AS n_tokens,
+          CAST(NULL AS VARCHAR) AS finish_reason, CAST(d.score AS FLOAT) AS accuracy, {reward_nulls},
+          CAST(d.score AS FLOAT) AS overall, coalesce(d.score, 0) >= {threshold!r} AS correct
+        FROM dump d LEFT JOIN qmap m USING (qid)
+        WHERE d.qid IS NOT NULL
+    """)
+    part = store.write("rollouts", rows, run_id)
+    # Rollouts matched to no sample, counted on the written part (uncommitted: a failure from here
+    # on leaves it to the next writer, who removes it).
+    unmatched, unmatched_qids = con.execute(f"""
+        SELECT count(*), count(DISTINCT qid) FROM read_parquet({sql_literal(part)}) WHERE sample_id IS NULL
+    """).fetchone()
+    report = ImportReport(run_id=run_id, lines=lines, rollouts=rollouts, unreadable=lines - rollouts,
+                          unmatched_rollouts=unmatched, unmatched_qids=unmatched_qids)
+    return report, part

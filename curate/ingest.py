@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from curate.errors import PebrError
 from curate.readers import RawRecord, read_records
 from curate.store import Store, new_run_id
+from schemas import CAPABILITIES
+from schemas.errors import PebrError
 
-CAPABILITIES = ("perception_coarse", "perception_fine", "reasoning")
 MIN_SIDE = 28
 MAX_ASPECT = 200.0
 KNOWN_FIELDS = {"qid", "problem", "answer", "images", "image", "key_words", "source", "capability"}

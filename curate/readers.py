@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from curate.errors import PebrError
+from schemas.errors import PebrError
 
 
 @dataclass
@@ -42,6 +42,8 @@ def read_records(path: Path, split: str | None = None) -> Iterator[RawRecord]:
 
 def _read_json(path: Path) -> Iterator[RawRecord]:
     data = path.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]  # a UTF-8 byte-order mark (Windows editors write one) is not part of the first record
     head = data.lstrip()[:1]
     if head == b"[":
         try:

@@ -2,8 +2,8 @@
 
 Band counts, the pass-rate histogram and the predicted zero-advantage fraction of each stage, as
 data (report.json), PNG plots, a self-contained HTML page embedding them, and a rich table.
-DuckDB aggregates to a few rows per (source, capability, k, n) first, so plotting never sees
-per-sample data.
+The run's difficulty comes through the Python API (curate.api) and polars aggregates it to a few
+rows per (source, capability, band, k, n) first, so plotting never sees per-sample data.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from curate.difficulty import DEFAULT_GROUP_SIZE, STAGE_BANDS, difficulty_query, load_difficulty, resolve_run
+from curate.difficulty import DEFAULT_GROUP_SIZE, STAGE_BANDS
 from curate.store import Store
 
 BANDS = ("easy", "medium", "hard")
@@ -66,18 +66,26 @@ def _bins(ns: set[int]) -> tuple[list[str], callable]:
 
 def collect(store: Store, run: str | None = None, group_size: int = DEFAULT_GROUP_SIZE,
             easy_min: float = 1.0, hard_max: float = 0.0) -> ReportData:
-    """Aggregate the run's difficulty per (source, capability); no files written."""
-    con = store.require().connect()
-    try:
-        run_id = resolve_run(con, run)
-        diff = difficulty_query(run_id, easy_min=easy_min, hard_max=hard_max, group_size=group_size,
-                                relation=load_difficulty(store, con, run_id))
-        rows = con.execute(
-            "SELECT s.source, coalesce(s.capability, 'unknown'), d.band, d.k, d.n, count(*), sum(d.p_degenerate) "
-            f"FROM samples s JOIN ({diff}) d USING (sample_id) GROUP BY ALL ORDER BY ALL"
-        ).fetchall()
-    finally:
-        con.close()
+    """Aggregate the run's difficulty per (source, capability); no files written.
+
+    Reads the run's difficulty through the Python API (the per-run cache `curate select` reads too),
+    only the columns the report needs, and aggregates them with polars to one row per
+    (source, capability, band, k, n).
+    """
+    import polars as pl
+
+    from curate.api import open_store
+
+    view = open_store(store)
+    run_id = view.resolve_run(run)
+    diff = view.difficulty(run_id, easy_min=easy_min, hard_max=hard_max, group_size=group_size,
+                           columns=["source", "capability", "band", "k", "n", "p_degenerate"])
+    rows = (diff.filter(pl.col("source").is_not_null())  # only samples of the samples view, as a join with it
+            .with_columns(pl.col("capability").fill_null("unknown"))
+            .group_by("source", "capability", "band", "k", "n")
+            .agg(pl.len(), pl.col("p_degenerate").sum())
+            .sort("source", "capability", "band", "k", "n")
+            .rows())
     labels, index = _bins({n for *_, n, _, _ in rows})
     groups: dict[tuple[str, str], GroupStats] = {}
     total = GroupStats("all", "all", histogram=[0] * len(labels))

@@ -17,24 +17,32 @@ How a run stays exact under crashes, shards and adaptive stopping:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyarrow as pa
-
 from curate.difficulty import warm_cache
-from curate.engines.base import Completion, EngineOptions, Request, SamplingConfig, rollout_seed
-from curate.errors import PebrError
 from curate.store import Store
-from rewards.prompt import PROMPT_TEMPLATE, build_messages
+from generation import TOKEN_RULES
+from generation.base import (
+    Completion,
+    EngineOptions,
+    Request,
+    SamplingConfig,
+    rollout_seed,
+)
+from generation.prompt import PROMPT_TEMPLATE, build_messages, check_template
+from rewards.config import RewardConfig
+from schemas import REWARD_COLUMNS
+from schemas.errors import PebrError
+from schemas.io import file_lock
 
+CHUNK = {"hf": 16, "vllm": 512}
+"""Samples per generate call and written part, per engine: vLLM schedules big batches itself."""
 STORE_WAIT_S = 600.0
 """How long a scoring process waits for the store lock held by another shard."""
 
@@ -59,8 +67,10 @@ class ScoreOptions:
     """Stop a sample as soon as it has both a correct and an incorrect rollout."""
     round_size: int = 2
     """Rollouts per sample per adaptive round."""
-    chunk: int = 16
-    """Samples per generate call and per written part (bigger for vLLM)."""
+    chunk: int | None = None
+    """Samples per generate call and per written part (default: CHUNK[engine])."""
+    rewards: RewardConfig = field(default_factory=RewardConfig)
+    """The graders' settings (the sampling reward is the accuracy; format, keyword and length are kept too)."""
     template: str = PROMPT_TEMPLATE
     """Prompt template; ``{problem}`` is replaced by the question."""
     limit: int | None = None
@@ -99,9 +109,10 @@ def run_fingerprint(opts: ScoreOptions, grader: str) -> dict:
     s = dataclasses.asdict(opts.sampling)
     return {
         "model": os.path.realpath(opts.model), "model_fingerprint": _model_fingerprint(opts.model),
-        "engine": opts.engine, "sampling": s, "template": opts.template, "grader": grader,
+        "engine": opts.engine, "sampling": s, "template": opts.template, "token_rules": TOKEN_RULES, "grader": grader,
         "sources": sorted(opts.sources) if opts.sources else None, "adaptive": opts.adaptive,
         "round_size": opts.round_size if opts.adaptive else None, "limit": opts.limit,
+        "rewards": dataclasses.asdict(opts.rewards),
     }
 
 
@@ -110,25 +121,11 @@ def _in_shard(sample_id: str, shard: tuple[int, int]) -> bool:
     return n == 1 or int(hashlib.sha256(sample_id.encode()).hexdigest()[:8], 16) % n == i
 
 
-@contextlib.contextmanager
-def _shard_lock(store: Store, run_id: str, shard: tuple[int, int]) -> Iterator[None]:
-    d = store.root / "locks"
-    d.mkdir(parents=True, exist_ok=True)
-    path = d / f"{run_id}.{shard[0]}-of-{shard[1]}.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = path.read_text(errors="replace").strip()
-        os.close(fd)
-        raise PebrError(f"run {run_id} shard {shard[0]}/{shard[1]} is already being scored by {holder}") from None
-    try:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()}".encode())
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+def _shard_lock(store: Store, run_id: str, shard: tuple[int, int]):
+    """One process per (run, shard): a second one is told who scores it."""
+    path = store.root / "locks" / f"{run_id}.{shard[0]}-of-{shard[1]}.lock"
+    return file_lock(path, f"pid {os.getpid()}",
+                     busy=f"run {run_id} shard {shard[0]}/{shard[1]} is already being scored by {{holder}}")
 
 
 def _pending(have: dict[int, bool], n: int, adaptive: bool, round_size: int) -> list[int]:
@@ -162,7 +159,7 @@ def score(store: Store, opts: ScoreOptions, progress: Callable[[int, int | None]
     """Generate and grade the rollouts a run still needs. `progress(advance, new_total)` reports rollouts."""
     import time
 
-    from curate.engines import load_engine
+    from generation import load_engine
     from rewards import GRADER_VERSION, grade
 
     store.require()
@@ -171,6 +168,10 @@ def score(store: Store, opts: ScoreOptions, progress: Callable[[int, int | None]
         raise PebrError(f"--shard {i}/{n_shards}: need 0 <= i < N")
     if opts.sampling.n < 1:
         raise PebrError("--n must be at least 1")
+    try:
+        check_template(opts.template)
+    except ValueError as exc:
+        raise PebrError(str(exc)) from None
     if not Path(opts.model).is_dir():
         raise PebrError(f"--model {opts.model}: not a model directory")
     fp = run_fingerprint(opts, GRADER_VERSION)
@@ -231,8 +232,9 @@ def score(store: Store, opts: ScoreOptions, progress: Callable[[int, int | None]
                 engine = load_engine(opts.engine, opts.model, opts.engine_options, opts.sampling)
             if progress:
                 progress(0, report.already_done + report.generated + sum(len(ix) for _, ix in todo))
-            for start in range(0, len(todo), opts.chunk):
-                chunk = todo[start:start + opts.chunk]
+            size = opts.chunk or CHUNK.get(opts.engine, CHUNK["hf"])
+            for start in range(0, len(todo), size):
+                chunk = todo[start:start + size]
                 requests = []
                 for sid, idx in chunk:
                     _, problem, _answer, _kw, images, _qid = by_id[sid]
@@ -242,7 +244,7 @@ def score(store: Store, opts: ScoreOptions, progress: Callable[[int, int | None]
                         seeds=[rollout_seed(opts.sampling.seed, sid, j) for j in idx],
                     ))
                 outputs = engine.generate(requests, opts.sampling)
-                table = _graded_rows(run_id, requests, outputs, by_id, grade)
+                table = _graded_rows(run_id, requests, outputs, by_id, grade, opts.rewards)
                 with store.writing(f"curate score {run_id}", wait=STORE_WAIT_S):
                     store.write("rollouts", table, run_id)
                 for sid, j, ok in zip(table.column("sample_id").to_pylist(), table.column("rollout_idx").to_pylist(),
@@ -256,7 +258,7 @@ def score(store: Store, opts: ScoreOptions, progress: Callable[[int, int | None]
     return report
 
 
-def _graded_rows(run_id: str, requests: list[Request], outputs: list[list[Completion]], by_id: dict, grade) -> pa.Table:
+def _graded_rows(run_id: str, requests: list[Request], outputs: list[list[Completion]], by_id: dict, grade, rewards=None):
     records = []
     for req, comps in zip(requests, outputs, strict=True):
         if len(comps) != len(req.seeds):
@@ -268,14 +270,16 @@ def _graded_rows(run_id: str, requests: list[Request], outputs: list[list[Comple
                 "n_tokens": c.n_tokens, "finish_reason": c.finish_reason,
                 "answer": answer, "key_words": key_words, "response_length": c.n_tokens,
             })
-    graded = grade(records, "sampling")
+    graded = grade(records, "sampling", rewards)
     rows = []
     for g in graded:
         r = g["rewards"]
         rows.append({
             "run_id": run_id, "sample_id": g["sample_id"], "qid": g["qid"], "rollout_idx": g["rollout_idx"],
             "seed": g["seed"], "response": g["response"], "n_tokens": g["n_tokens"],
-            "finish_reason": g["finish_reason"], **{k: r.get(k) for k in ("accuracy", "format", "keyword", "length", "clip", "overall")},
+            "finish_reason": g["finish_reason"], **{k: r.get(k) for k in REWARD_COLUMNS},
             "correct": bool(g["correct"]),
         })
+    import pyarrow as pa
+
     return pa.Table.from_pylist(rows)

@@ -7,8 +7,8 @@ import sys
 
 import pyarrow as pa
 
-from curate.errors import PebrError
 from curate.store import Store
+from schemas.errors import PebrError
 
 READ_ONLY = {"SELECT", "EXPLAIN"}
 

@@ -18,7 +18,7 @@ _MODULE = {name: module for module, names in _WHERE.items() for name in names}
 
 
 def __getattr__(name: str):
-    # Loaded on first use, so that `rewards.prompt` (the prompt template) comes without the graders.
+    # Loaded on first use: importing one reward does not import the others (clip pulls in torch).
     if name in _MODULE:
         return getattr(importlib.import_module(_MODULE[name]), name)
     raise AttributeError(f"module 'rewards' has no attribute {name!r}")

@@ -211,7 +211,12 @@ class ClipReward:
         if self._model is not None:
             return
         import torch
-        from transformers import AutoImageProcessor, AutoModel, AutoProcessor, AutoTokenizer
+        from transformers import (
+            AutoImageProcessor,
+            AutoModel,
+            AutoProcessor,
+            AutoTokenizer,
+        )
 
         trust = self.allow_remote_code
         if self.device is None:

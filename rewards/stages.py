@@ -14,9 +14,8 @@ from typing import Any
 from rewards.clip import ClipReward
 from rewards.config import RewardConfig
 from rewards.text import accuracy_reward, format_reward, keyword_reward, length_reward
-
-STAGES = ("sampling", "perception", "reasoning")
-COMPONENTS = ("accuracy", "format", "keyword", "length", "clip")
+from schemas import REWARD_COMPONENTS as COMPONENTS
+from schemas import REWARD_STAGES as STAGES  # noqa: F401  (re-exported as rewards.STAGES)
 
 
 class BoundReward:
@@ -143,8 +142,9 @@ def grade(records: Iterable[dict], stage: str, cfg: RewardConfig | None = None) 
     }
     images = [r["images"] if r.get("images") is not None else r.get("image") for r in records]
     scores: dict[str, list] = {}
-    for name in ("accuracy", "format", "keyword", "length"):
-        scores[name] = reward_function(name, cfg)(completions, **columns)
+    for name in COMPONENTS:
+        if name != "clip":  # needs the images and a model: below
+            scores[name] = reward_function(name, cfg)(completions, **columns)
     if cfg.clip_model_path is not None:
         scores["clip"] = reward_function("clip", cfg)(completions, images=images, **columns)
     else:

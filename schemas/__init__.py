@@ -23,13 +23,37 @@ RUN_COLUMNS = ("run_id", "kind", "created_at", "model", "engine", "sampling", "g
                "command", "code_version")
 """Columns of `runs`, in order (`schemas.tables.RUNS`): created_at is a UTC timestamp, the rest strings."""
 
-REWARD_COLUMNS = ("accuracy", "format", "keyword", "length", "clip", "overall")
-"""One float column per reward component in `rollouts` (and a mean and std of each in `difficulty`)."""
+REWARD_COMPONENTS = ("accuracy", "format", "keyword", "length", "clip")
+"""The paper's reward components (`rewards` has one function per name)."""
+
+REWARD_COLUMNS = (*REWARD_COMPONENTS, "overall")
+"""One float column per reward component in `rollouts`, plus the weighted `overall` (and a mean and
+std of each in `difficulty`)."""
+
+REWARD_STAGES = ("sampling", "perception", "reasoning")
+"""What a reward configuration weighs for: grading curation rollouts, GRPO stage 1, GRPO stage 2."""
+
+BANDS = ("easy", "medium", "hard")
+"""Difficulty bands: easy k = n, medium 0 < k < n, hard k = 0 (thresholds settable)."""
+
+STAGE_BANDS = {"perception": "easy", "reasoning": "medium", "warmup": "hard"}
+"""The paper's dataset-level sampling: which band feeds which training stage."""
+
+TRAIN_STAGES = ("warmup", "perception", "reasoning")
+"""Training stages, in the order the method runs them."""
+
+GRPO_STAGES = ("perception", "reasoning")
+"""The two GRPO stages: perception first, then reasoning."""
+
+CAPABILITIES = ("perception_coarse", "perception_fine", "reasoning")
+"""Capabilities a sample can train."""
 
 STAGE_SHARDS = "train-*-of-*.parquet"
 """Glob of a stage dataset's Parquet shards (`curate select` writes them, `train run` reads them)."""
 
-__all__ = sorted(_TABLE_NAMES | {"REWARD_COLUMNS", "RUN_COLUMNS", "SCHEMA_VERSION", "STAGE_SHARDS", "TABLE_NAMES"})
+__all__ = sorted(_TABLE_NAMES | {"BANDS", "CAPABILITIES", "GRPO_STAGES", "REWARD_COLUMNS", "REWARD_COMPONENTS",
+                                 "REWARD_STAGES", "RUN_COLUMNS", "SCHEMA_VERSION", "STAGE_BANDS", "STAGE_SHARDS",
+                                 "TABLE_NAMES", "TRAIN_STAGES"})
 
 
 def __getattr__(name: str):

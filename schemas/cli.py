@@ -31,8 +31,15 @@ FormatOpt = Annotated[OutFormat, typer.Option("--format", help="Output: a rich t
 
 def progress_bar(*, transient: bool = False, unit: str = "it"):
     """A rich progress bar with count, rate and ETA, used by every long step."""
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
     from rich.text import Text
 
     class RateColumn(ProgressColumn):

@@ -70,7 +70,7 @@ EOF
 [ $? -eq 0 ] || { echo "version report FAILED"; return 4; }
 
 echo "== import smoke"
-python3 -c "import trl, datasets, train.grpo, curate.engines, curate.engines.hf, curate.synth, rewards, rewards.prompt, \
+python3 -c "import trl, datasets, train.grpo, generation, generation.hf, curate.synth, rewards, generation.prompt, \
 train.config, train.tiny, train.common, train.data, mathruler.grader; from trl import GRPOConfig, GRPOTrainer; print('imports ok')" \
     || { echo "import smoke FAILED"; return 3; }
 echo "setup took $(( $(date +%s) - t0 )) s"

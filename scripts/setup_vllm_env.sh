@@ -66,7 +66,7 @@ echo "checking that vLLM imports"
 "$VENV/bin/python" - <<'EOF'
 import torch, transformers, vllm
 from vllm import LLM, SamplingParams  # noqa: F401
-import curate.engines  # noqa: F401
+import generation  # noqa: F401
 print(f"torch {torch.__version__}, transformers {transformers.__version__}, vllm {vllm.__version__}")
 EOF
 

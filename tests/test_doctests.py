@@ -7,8 +7,8 @@ import importlib
 
 import pytest
 
-MODULES = ["schemas.tables", "rewards.prompt", "curate.engines", "curate.engines.base", "curate.engines.prompting",
-           "curate.engines.hf", "curate.score", "curate.select", "train.config", "train.grpo"]
+MODULES = ["schemas.tables", "generation.prompt", "generation", "generation.base", "generation.tokens",
+           "generation.hf", "curate.score", "curate.steps", "curate.views", "schemas.config", "schemas.io", "train.grpo"]
 
 
 @pytest.mark.parametrize("name", MODULES)

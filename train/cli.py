@@ -10,7 +10,13 @@ from typing import Annotated, Optional
 
 import typer
 
+from schemas import TRAIN_STAGES
 from schemas.cli import console, progress_bar, run_app, status
+from train.config import (
+    EvalConfig,  # option defaults are read from it (cheap: no torch)
+)
+
+_EV = EvalConfig
 
 app = typer.Typer(
     name="train",
@@ -34,7 +40,7 @@ def init_tiny(
     """
     import json
 
-    from train.config import parse_overrides
+    from schemas.config import parse_overrides
     from train.tiny import build_tiny_model
 
     texts = None
@@ -60,14 +66,14 @@ def init_tiny(
 
 @app.command()
 def run(
-    stage: Annotated[str, typer.Option(help="warmup | perception | reasoning")],
+    stage: Annotated[str, typer.Option(help=" | ".join(TRAIN_STAGES))],
     model: Annotated[Path, typer.Option(help="Model directory to start from.")],
     data: Annotated[Path, typer.Option(help="Stage dataset dir from `curate select`, or JSONL/Parquet records.")],
     out: Annotated[Path, typer.Option(help="Output directory (model, checkpoints, TensorBoard logs, run record).")],
     recipe: Annotated[Optional[Path], typer.Option(help="Recipe YAML (pipelines/pebr.yaml, pipelines/demo.yaml).")] = None,
     image_root: Annotated[Optional[Path], typer.Option(help="Folder image paths are relative to (default: the data file's).")] = None,
     resume: Annotated[bool, typer.Option(help="Resume from the last checkpoint in --out.")] = False,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config field: key=value (repeatable).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config field: key=value, rewards.key=value (repeatable).")] = None,
 ) -> None:
     """Train one stage: warm-up SFT, or GRPO with the stage's reward (paper defaults, recipe, then --set).
 
@@ -131,11 +137,12 @@ def _progress_callback():
 def eval_(
     model: Annotated[Path, typer.Option(help="Model directory.")],
     data: Annotated[Path, typer.Option(help="Held-out records (JSONL/Parquet) or a stage dataset dir.")],
-    temperature: Annotated[float, typer.Option(help="0 = greedy; the paper validates at 0.5.")] = 0.0,
-    max_new_tokens: Annotated[int, typer.Option(help="Longest answer.")] = 1024,
-    batch_size: Annotated[int, typer.Option(help="Prompts per generate call.")] = 16,
-    limit: Annotated[Optional[int], typer.Option(help="Only the first N records.")] = None,
-    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 1,
+    temperature: Annotated[float, typer.Option(help="0 = greedy; the paper validates at 0.5.")] = _EV.temperature,
+    top_p: Annotated[float, typer.Option(help="Nucleus mass when sampling.")] = _EV.top_p,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest answer.")] = _EV.max_new_tokens,
+    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = _EV.batch_size,
+    limit: Annotated[Optional[int], typer.Option(help="Only the first N records.")] = _EV.limit,
+    seed: Annotated[int, typer.Option(help="Run seed: a question's seed derives from (seed, sample id), as in curate score.")] = _EV.seed,
     image_root: Annotated[Optional[Path], typer.Option(help="Folder image paths are relative to.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON here.")] = None,
     responses: Annotated[Optional[Path], typer.Option(help="Write every response with its grade (JSONL).")] = None,
@@ -149,10 +156,10 @@ def eval_(
 
     from rich.table import Table
 
-    from train.config import EvalConfig
     from train.evaluate import evaluate
 
-    cfg = EvalConfig(temperature=temperature, max_new_tokens=max_new_tokens, batch_size=batch_size, limit=limit, seed=seed)
+    cfg = EvalConfig(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                     limit=limit, seed=seed)
     with progress_bar(unit="prompts") as bar:
         task = bar.add_task("eval", total=None)
 

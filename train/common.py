@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas.errors import PebrError
+from schemas.io import atomic_write
 
 RUN_RECORD = "pebr_run.json"
 """Written into every output directory: what produced the model."""
@@ -76,7 +77,7 @@ def write_run_record(out: Path, stage: str, config: dict[str, Any], model: str, 
     }
     out.mkdir(parents=True, exist_ok=True)
     path = out / RUN_RECORD
-    path.write_text(json.dumps(record, indent=2, default=str))
+    atomic_write(path, json.dumps(record, indent=2, default=str))
     return path
 
 
@@ -118,18 +119,3 @@ def fit(trainer, processor, out: Path, resume: bool, quiet: bool) -> float:
     trainer.save_model(str(out))
     processor.save_pretrained(str(out))
     return seconds
-
-
-def vision_token_ids(processor) -> list[int]:
-    """Special tokens a response must never contain (image/video/vision placeholders, turn starts).
-
-    A sampled image token would break the image-token count of the next forward pass (GRPO's log-probs).
-    """
-    tok = getattr(processor, "tokenizer", processor)
-    ids: list[int] = []
-    for token in tok.all_special_tokens + list(getattr(tok, "added_tokens_encoder", {}).keys()):
-        if any(w in token for w in ("image", "video", "vision")) or token == "<|im_start|>":
-            tid = tok.convert_tokens_to_ids(token)
-            if isinstance(tid, int) and tid not in ids:
-                ids.append(tid)
-    return ids

@@ -7,11 +7,14 @@ accumulation from question counts), the derivation is a named function with a do
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from generation.base import SamplingConfig
+from rewards.config import RewardConfig
+from schemas import GRPO_STAGES, TRAIN_STAGES
+from schemas.config import build, merge, parse_overrides
 from schemas.errors import PebrError
 
 
@@ -59,12 +62,12 @@ class GRPOStageConfig:
     """``perception`` (stage 1, easy samples) or ``reasoning`` (stage 2, medium samples)."""
     num_generations: int = 8
     """Group size G: rollouts per question."""
-    temperature: float = 1.2
-    """Rollout temperature."""
-    top_p: float = 0.99
-    """Rollout nucleus mass."""
-    max_completion_length: int = 2048
-    """Longest rollout in tokens."""
+    temperature: float = SamplingConfig.temperature
+    """Rollout temperature (scoring's: a band predicts the signal of groups sampled like this)."""
+    top_p: float = SamplingConfig.top_p
+    """Rollout nucleus mass (scoring's)."""
+    max_completion_length: int = SamplingConfig.max_new_tokens
+    """Longest rollout in tokens (scoring's)."""
     learning_rate: float = 1e-6
     """AdamW learning rate (constant)."""
     lr_scheduler_type: str = "constant"
@@ -95,7 +98,7 @@ class GRPOStageConfig:
     """Passes over the stage dataset: 1 in stage 1, 2 in stage 2."""
     max_steps: int = -1
     """Stop after this many optimizer steps (-1: run all epochs)."""
-    min_pixels: int = 576
+    min_pixels: int = SamplingConfig.min_pixels
     """Smallest image area after resizing."""
     max_pixels: int = 802_816
     """Largest image area after resizing."""
@@ -111,23 +114,20 @@ class GRPOStageConfig:
     """Use bfloat16; None means: when a GPU supports it."""
     gradient_checkpointing: bool = False
     """Trade compute for memory on big models."""
-    clip_model_path: str | None = None
-    """CLIP-family model dir for the perception alignment reward (FG-CLIP large in the paper)."""
-    allow_remote_code: bool = False
-    """Let the alignment model run its own code (FG-CLIP needs it)."""
+    rewards: RewardConfig = field(default_factory=RewardConfig)
+    """The reward settings (thresholds, weights, the alignment model: `rewards.config.RewardConfig`);
+    in a recipe a mapping, on the command line `--set rewards.clip_model_path=/models/FG-CLIP`."""
     logging_steps: int = 1
     """Log every this many optimizer steps."""
     save_steps: int = 50
     """Checkpoint every this many optimizer steps (resume with --resume)."""
     seed: int = 1
     """Seed for data order and sampling."""
-    reward_weights: dict[str, float] | None = None
-    """Override the stage's reward weights (default: the paper's composite for `stage`)."""
 
 
 @dataclass
 class EvalConfig:
-    """Held-out evaluation (the paper validates at temperature 0.5, n 1)."""
+    """Held-out evaluation (the paper validates at temperature 0.5, n 1), sampled as `curate score` samples."""
 
     temperature: float = 0.0
     """0 = greedy; the paper's validation uses 0.5."""
@@ -136,37 +136,42 @@ class EvalConfig:
     max_new_tokens: int = 1024
     """Longest answer."""
     batch_size: int = 16
-    """Prompts per generate call."""
+    """Sequences per forward pass."""
     seed: int = 1
-    """Sampling seed."""
+    """Run seed: a question's seed derives from (seed, sample id), as a scoring rollout's does."""
     limit: int | None = None
     """Evaluate only the first N records."""
+    min_pixels: int = SamplingConfig.min_pixels
+    """Smallest image area the processor resizes to (scoring's bound)."""
+    max_pixels: int = SamplingConfig.max_pixels
+    """Largest image area the processor resizes to (scoring's bound)."""
+    dtype: str = "auto"
+    """Model dtype: auto (the checkpoint's), bfloat16 or float32."""
+
+    def sampling(self) -> SamplingConfig:
+        """The engine's sampling parameters: one answer per question."""
+        return SamplingConfig(n=1, temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens,
+                              seed=self.seed, min_pixels=self.min_pixels, max_pixels=self.max_pixels)
 
 
-STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
+STAGE_DEFAULTS: dict[str, dict[str, Any]] = {  # keys: GRPO_STAGES
     "perception": {"stage": "perception", "rollout_batch_questions": 560, "update_batch_questions": 112, "epochs": 1.0},
     "reasoning": {"stage": "reasoning", "rollout_batch_questions": 512, "update_batch_questions": 128, "epochs": 2.0},
 }
 """What stage 1 and stage 2 change from the shared GRPO defaults (PAPER.md)."""
 
 
-def build(cls, values: dict[str, Any] | None = None, where: str = "config"):
-    """Instantiate a config dataclass from a mapping, refusing unknown keys with a clear message."""
-    values = dict(values or {})
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise PebrError(f"{where}: unknown setting(s) {unknown}; known: {sorted(known)}")
-    return cls(**values)
-
-
 def stage_config(stage: str, recipe: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None) -> Any:
-    """The config of a stage: paper defaults, then the recipe's section for the stage, then overrides."""
+    """The config of a stage: paper defaults, then the recipe's section for the stage, then overrides
+    (nested settings such as `rewards` are merged key by key)."""
+    section = (recipe or {}).get(stage) or {}
+    if not isinstance(section, dict):
+        raise PebrError(f"recipe section {stage!r} must be a mapping")
     if stage == "warmup":
-        return build(WarmupConfig, {**(recipe or {}).get("warmup", {}), **(overrides or {})}, "warmup")
-    if stage not in STAGE_DEFAULTS:
-        raise PebrError(f"unknown stage {stage!r}; expected warmup, perception or reasoning")
-    values = {**STAGE_DEFAULTS[stage], **(recipe or {}).get(stage, {}), **(overrides or {})}
+        return build(WarmupConfig, merge(section, overrides or {}), "warmup")
+    if stage not in GRPO_STAGES:
+        raise PebrError(f"unknown stage {stage!r}; expected one of {', '.join(TRAIN_STAGES)}")
+    values = merge(merge(STAGE_DEFAULTS[stage], section), overrides or {})
     return build(GRPOStageConfig, values, stage)
 
 
@@ -184,32 +189,5 @@ def load_recipe(path: Path | None) -> dict[str, Any]:
     return data
 
 
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """`key=value` pairs from the command line, values parsed as YAML scalars.
-
-    >>> parse_overrides(["learning_rate=2e-5", "freeze_vision=false", "clip_model_path=null"])
-    {'learning_rate': 2e-05, 'freeze_vision': False, 'clip_model_path': None}
-    """
-    import yaml
-
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise PebrError(f"override {item!r}: expected key=value")
-        key, value = item.split("=", 1)
-        parsed = yaml.safe_load(value)
-        if isinstance(parsed, str):
-            try:
-                parsed = float(parsed) if any(c in parsed for c in ".eE") else parsed
-            except ValueError:
-                pass
-        out[key.strip()] = parsed
-    return out
-
-
-def as_dict(cfg) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
-
-
-__all__ = ["EvalConfig", "GRPOStageConfig", "STAGE_DEFAULTS", "WarmupConfig", "as_dict", "build", "load_recipe",
-           "parse_overrides", "stage_config"]
+__all__ = ["EvalConfig", "GRPOStageConfig", "STAGE_DEFAULTS", "WarmupConfig", "build", "load_recipe", "parse_overrides",
+           "stage_config"]

@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rewards.prompt import PROMPT_TEMPLATE, build_messages
+from generation.prompt import PROMPT_TEMPLATE, build_messages
 from schemas import STAGE_SHARDS
 from schemas.errors import PebrError
 
@@ -192,7 +192,8 @@ def load_rl(path: Path, image_root: Path | None = None, template: str = PROMPT_T
         cols["answer"].append(str(rec["answer"]))
         kw = rec.get("key_words") or []
         cols["key_words"].append([kw] if isinstance(kw, str) else [str(k) for k in kw])
-        cols["sample_id"].append(str(rec.get("sample_id") or rec.get("qid") or i))
+        sid = next((rec[k] for k in ("sample_id", "qid") if rec.get(k) not in (None, "")), i)  # a qid of 0 is an id
+        cols["sample_id"].append(str(sid))
         cols["source"].append(str(rec.get("source") or path.stem))
         cols["capability"].append(rec.get("capability"))
     report.rows = len(cols["prompt"])

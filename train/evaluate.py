@@ -1,7 +1,9 @@
 """Held-out accuracy of a model, per capability and source (the paper validates at temperature 0.5, n 1).
 
-Generation is batched with transformers (many prompts per forward), then graded by the same
-accuracy reward that curation and training use.
+Generation goes through the hf engine of `generation`, the one `curate score` uses: the same prompt,
+token rules, pixel bounds and per-rollout seeds (a question's seed derives from the eval seed and its
+sample id), so a model answers a question here exactly as scoring with the same seed would. The
+answers are graded by the accuracy reward that curation and training use.
 """
 
 from __future__ import annotations
@@ -26,58 +28,35 @@ class EvalResult:
     config: dict = field(default_factory=dict)
 
 
-def generate(model, processor, prompts: list[list[dict]], images: list[list], cfg: EvalConfig, progress=None) -> list[tuple[str, int]]:
-    """Batched generation: returns (text, generated token count) per prompt."""
-    import torch
-
-    from train.common import vision_token_ids
-
-    tok = processor.tokenizer
-    eos = [tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>") if t in tok.get_vocab()]
-    eos = eos or [tok.eos_token_id]
-    out: list[tuple[str, int]] = []
-    torch.manual_seed(cfg.seed)
-    model.eval()
-    if progress:
-        progress(0, len(prompts))
-    for start in range(0, len(prompts), cfg.batch_size):
-        batch_p = prompts[start:start + cfg.batch_size]
-        batch_i = images[start:start + cfg.batch_size]
-        texts = [processor.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in batch_p]
-        flat = [im for ims in batch_i for im in ims] or None
-        enc = processor(text=texts, images=flat, return_tensors="pt", padding=True, padding_side="left")
-        enc = enc.to(model.device)
-        kwargs = {"max_new_tokens": cfg.max_new_tokens, "eos_token_id": eos, "pad_token_id": tok.pad_token_id,
-                  "suppress_tokens": vision_token_ids(processor)}
-        if cfg.temperature > 0:
-            kwargs.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        with torch.inference_mode():
-            gen = model.generate(**enc, **kwargs)
-        new = gen[:, enc["input_ids"].shape[1]:]
-        for row in new:
-            ids = row.tolist()
-            n = next((i + 1 for i, t in enumerate(ids) if t in eos), len(ids))
-            out.append((tok.decode(ids[:n], skip_special_tokens=True), n))
-        if progress:
-            progress(len(batch_p))
-    return out
-
-
 def evaluate(model_dir: Path, data: Path, cfg: EvalConfig, image_root: Path | None = None, progress=None,
-             responses_out: Path | None = None) -> EvalResult:
+             responses_out: Path | None = None, engine=None) -> EvalResult:
+    """Answer every record of `data` once with the model in `model_dir` and grade the answers.
+
+    `progress(advance, total=None)` reports prompts; `engine` replaces the hf engine (tests).
+    """
+    from generation import EngineOptions, Request, load_engine, rollout_seed
     from rewards import accuracy_reward, format_reward
-    from train.common import load_vlm
+    from schemas.errors import PebrError
     from train.data import load_rl
 
+    if engine is None and not Path(model_dir).is_dir():
+        raise PebrError(f"--model {model_dir}: not a model directory")
     ds, _ = load_rl(data, image_root)
     if cfg.limit:
         ds = ds.select(range(min(cfg.limit, len(ds))))
-    model, processor = load_vlm(model_dir)
+    sampling = cfg.sampling()
+    engine = engine or load_engine("hf", str(model_dir), EngineOptions(batch_size=cfg.batch_size, dtype=cfg.dtype), sampling)
     rows = list(ds)  # iterating decodes the Image feature to PIL images
-    gens = generate(model, processor, [r["prompt"] for r in rows], [r["images"] for r in rows], cfg, progress)
-    texts = [g[0] for g in gens]
+    if progress:
+        progress(0, len(rows))
+    texts: list[str] = []
+    for start in range(0, len(rows), cfg.batch_size):
+        batch = rows[start:start + cfg.batch_size]
+        requests = [Request(key=r["sample_id"], messages=r["prompt"], images=[im.convert("RGB") for im in r["images"]],
+                            rollout_idx=[0], seeds=[rollout_seed(sampling.seed, r["sample_id"], 0)]) for r in batch]
+        texts.extend(completions[0].text for completions in engine.generate(requests, sampling))
+        if progress:
+            progress(len(batch))
     acc = accuracy_reward(texts, answer=[r["answer"] for r in rows])
     fmt = format_reward(texts)
     groups: dict[str, dict[str, list[float]]] = {"capability": defaultdict(list), "source": defaultdict(list)}

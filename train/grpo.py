@@ -24,6 +24,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from schemas import GRPO_STAGES
 from schemas.errors import PebrError
 from train.config import GRPOStageConfig
 
@@ -81,41 +82,64 @@ def predicted_zero_adv(manifest: dict | None) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def run_stage(model_dir: Path, data: Path, out: Path, cfg: GRPOStageConfig, image_root: Path | None = None,
-              resume: bool = False, callbacks: list | None = None) -> StageResult:
-    """Train one GRPO stage and save the model, its processor, logs and a run record in `out`."""
-    from transformers import TrainerCallback, set_seed
+class SignalLog:
+    """Collects what TRL logs per step: the observed zero-advantage fraction and the mean rewards."""
+
+    def __init__(self):
+        self.observed: list[float] = []
+        self.rewards: dict[str, list[float]] = {}
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        log = self
+
+        class _Callback(TrainerCallback):
+            def on_log(self, args, state, control, logs=None, **kw):
+                if logs and "frac_reward_zero_std" in logs:
+                    log.observed.append(float(logs["frac_reward_zero_std"]))
+                for k, v in (logs or {}).items():
+                    if k.startswith("rewards/") and k.endswith("/mean") or k == "reward":
+                        log.rewards.setdefault(k, []).append(float(v))
+
+        return _Callback()
+
+
+@dataclass
+class Stage:
+    """A GRPO stage ready to train: TRL's trainer and what the run record needs."""
+
+    trainer: object
+    processor: object
+    report: object
+    """The stage dataset's load report (rows, skipped, manifest)."""
+    batching: Batching
+    weights: list[float]
+    note: str | None
+    log: SignalLog
+
+
+def build_stage(model_dir: Path, data: Path, out: Path, cfg: GRPOStageConfig, image_root: Path | None = None,
+                callbacks: list | None = None) -> Stage:
+    """Load the model and the stage dataset and build TRL's GRPOTrainer for the stage (nothing trained yet)."""
+    from transformers import set_seed
     from trl import GRPOConfig, GRPOTrainer
 
-    from rewards import RewardConfig, renormalisation_note, stage_reward_functions
-    from train.common import (cuda_available, fit, freeze_vision_tower, load_vlm, use_bf16, vision_token_ids,
-                              write_run_record)
+    from generation.tokens import banned_token_ids
+    from rewards import renormalisation_note, stage_reward_functions
+    from train.common import cuda_available, freeze_vision_tower, load_vlm, use_bf16
     from train.data import load_rl
 
-    if cfg.stage not in ("perception", "reasoning"):
-        raise PebrError(f"GRPO stage must be perception or reasoning, not {cfg.stage!r}")
+    if cfg.stage not in GRPO_STAGES:
+        raise PebrError(f"GRPO stage must be one of {', '.join(GRPO_STAGES)}, not {cfg.stage!r}")
     set_seed(cfg.seed)
     dataset, report = load_rl(data, image_root)
     model, processor = load_vlm(model_dir, cfg.min_pixels, cfg.max_pixels, train=True)
     if cfg.freeze_vision:
         freeze_vision_tower(model)
-    rcfg = RewardConfig(clip_model_path=cfg.clip_model_path, allow_remote_code=cfg.allow_remote_code)
-    if cfg.reward_weights:
-        rcfg = RewardConfig(**{**asdict(rcfg), f"{cfg.stage}_weights": dict(cfg.reward_weights)})
-    funcs, weights = stage_reward_functions(cfg.stage, rcfg)
-    note = renormalisation_note(cfg.stage, rcfg)
+    funcs, weights = stage_reward_functions(cfg.stage, cfg.rewards)
     b = trl_batching(cfg, len(dataset))
-    observed: list[float] = []
-    reward_log: dict[str, list[float]] = {}
-
-    class SignalLog(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kw):
-            if logs and "frac_reward_zero_std" in logs:
-                observed.append(float(logs["frac_reward_zero_std"]))
-            for k, v in (logs or {}).items():
-                if k.startswith("rewards/") and k.endswith("/mean") or k == "reward":
-                    reward_log.setdefault(k, []).append(float(v))
-
+    log = SignalLog()
     args = GRPOConfig(
         output_dir=str(out), seed=cfg.seed, data_seed=cfg.seed,
         learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler_type, weight_decay=cfg.weight_decay,
@@ -127,7 +151,8 @@ def run_stage(model_dir: Path, data: Path, out: Path, cfg: GRPOStageConfig, imag
         epsilon_high=cfg.epsilon_high, delta=cfg.dual_clip, loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards,
         num_iterations=1, reward_weights=weights, use_vllm=cfg.use_vllm, vllm_mode=cfg.vllm_mode,
         vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-        generation_kwargs={"suppress_tokens": vision_token_ids(processor)},
+        # Rollouts follow the token rules scoring follows (generation.tokens).
+        generation_kwargs={"suppress_tokens": banned_token_ids(processor, model.config)},
         bf16=use_bf16(cfg.bf16),
         # The frozen KL reference needs no fp32 master copy: bf16 halves its memory.
         model_init_kwargs={"dtype": "bfloat16"} if use_bf16(cfg.bf16) else None,
@@ -137,18 +162,30 @@ def run_stage(model_dir: Path, data: Path, out: Path, cfg: GRPOStageConfig, imag
         log_completions=False,
     )
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=dataset, processing_class=processor,
-                          callbacks=[SignalLog(), *(callbacks or [])])
-    seconds = fit(trainer, processor, out, resume, quiet=bool(callbacks))
+                          callbacks=[log.callback(), *(callbacks or [])])
+    return Stage(trainer=trainer, processor=processor, report=report, batching=b, weights=weights,
+                 note=renormalisation_note(cfg.stage, cfg.rewards), log=log)
+
+
+def run_stage(model_dir: Path, data: Path, out: Path, cfg: GRPOStageConfig, image_root: Path | None = None,
+              resume: bool = False, callbacks: list | None = None) -> StageResult:
+    """Train one GRPO stage and save the model, its processor, logs and a run record in `out`."""
+    from schemas.io import atomic_write
+    from train.common import fit, write_run_record
+
+    stage = build_stage(model_dir, data, out, cfg, image_root, callbacks)
+    trainer, report, b, observed = stage.trainer, stage.report, stage.batching, stage.log.observed
+    seconds = fit(trainer, stage.processor, out, resume, quiet=bool(callbacks))
     predicted = predicted_zero_adv(report.manifest)
     result = StageResult(out=out, steps=trainer.state.global_step, seconds=seconds, predicted_zero_adv=predicted,
                          observed_zero_adv=sum(observed) / len(observed) if observed else None,
                          observed_per_step=observed,
-                         rewards={k: sum(v) / len(v) for k, v in reward_log.items() if v})
-    (out / "signal.json").write_text(json.dumps({
+                         rewards={k: sum(v) / len(v) for k, v in stage.log.rewards.items() if v})
+    atomic_write(out / "signal.json", json.dumps({
         "stage": cfg.stage, "predicted_zero_adv": predicted, "observed_zero_adv": result.observed_zero_adv,
         "observed_per_step": observed}, indent=2))
     write_run_record(out, cfg.stage, asdict(cfg), str(model_dir), str(data), report.manifest, {
-        "rows": report.rows, "skipped": report.skipped, "trl_batching": asdict(b), "reward_weights": weights,
+        "rows": report.rows, "skipped": report.skipped, "trl_batching": asdict(b), "reward_weights": stage.weights,
         "rollouts": result.steps * b.questions_per_update * cfg.num_generations,
-        "reward_note": note, "signal": {"predicted_zero_adv": predicted, "observed_zero_adv": result.observed_zero_adv}})
+        "reward_note": stage.note, "signal": {"predicted_zero_adv": predicted, "observed_zero_adv": result.observed_zero_adv}})
     return result

@@ -124,7 +124,15 @@ def train_tokenizer(corpus: list[str], vocab_size: int = 1024, min_frequency: in
     >>> tok.decode(tok("a red circle")["input_ids"])
     'a red circle'
     """
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
@@ -173,7 +181,8 @@ def build_tiny_model(out: Path, corpus: list[str] | None = None, seed: int = 0, 
         Qwen2VLVideoProcessor,
     )
 
-    from rewards.prompt import PROMPT_TEMPLATE
+    from generation.prompt import PROMPT_TEMPLATE
+    from generation.tokens import banned_token_ids, stop_token_ids
 
     known = {f.name for f in fields(TinyModelConfig)}
     unknown = set(size) - known
@@ -242,15 +251,14 @@ def build_tiny_model(out: Path, corpus: list[str] | None = None, seed: int = 0, 
         model = Qwen2VLForConditionalGeneration(config).to(torch.float32)
     model.generation_config = GenerationConfig(
         bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
+        eos_token_id=stop_token_ids(tokenizer),
         pad_token_id=ids["<|endoftext|>"],
         do_sample=True,
         temperature=1.0,
         top_p=1.0,
         top_k=0,
-        # A vision or turn-start token in a completion breaks the image-token count of the next
-        # forward pass (GRPO's log-probs), so generation never emits one.
-        suppress_tokens=[ids[t] for t in SPECIAL_TOKENS[3:]] + [ids["<|im_start|>"]],
+        # The toolkit's token rules, so that a plain `model.generate` of the checkpoint keeps them too.
+        suppress_tokens=banned_token_ids(tokenizer, config),
     )
     model.save_pretrained(out)
     processor.save_pretrained(out)

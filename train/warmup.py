@@ -29,7 +29,14 @@ def run_warmup(model_dir: Path, data: Path, out: Path, cfg: WarmupConfig, image_
     from transformers import TrainerCallback, set_seed
     from trl import SFTConfig, SFTTrainer
 
-    from train.common import cuda_available, fit, freeze_vision_tower, load_vlm, use_bf16, write_run_record
+    from train.common import (
+        cuda_available,
+        fit,
+        freeze_vision_tower,
+        load_vlm,
+        use_bf16,
+        write_run_record,
+    )
     from train.data import load_sft
 
     set_seed(cfg.seed)

@@ -6,11 +6,11 @@ import os
 import pytest
 from conftest import make_image, record, write_jsonl
 
-from curate.errors import PebrError
 from curate.importer import import_rollouts
 from curate.ingest import IngestOptions, ingest
 from curate.sql import run_query
 from curate.store import Store
+from schemas.errors import PebrError
 
 
 @pytest.fixture
@@ -169,17 +169,22 @@ def test_imported_part_has_the_rollouts_schema(tmp_path, store):
     import pyarrow.parquet as pq
 
     from curate.store import part_run
-    from schemas import ROLLOUTS, RUN_COLUMNS, RUNS
+    from schemas import ROLLOUTS, RUN_COLUMNS, RUNS, SCHEMA_VERSION
 
     lines = [{"qid": "q0", "response": "r", "ground_truth": "x", "score": {"accuracy": 1.0}}]
     r = import_rollouts(store, write_jsonl(tmp_path / "a.jsonl", lines))
-    part = next(p for p in store.table_dir("rollouts").glob("part-*.parquet") if part_run(p) == r.run_id)
-    assert [(f.name, f.type) for f in pq.read_schema(part)] == [(f.name, f.type) for f in ROLLOUTS]
-    # the run's row, written by DuckDB, reads back with the runs schema and its metadata
+    parts = [p for p in store.table_dir("rollouts").glob("part-*.parquet") if part_run(p) == r.run_id]
+    assert len(parts) == 1
+    schema = pq.read_schema(parts[0])
+    assert [(f.name, f.type) for f in schema] == [(f.name, f.type) for f in ROLLOUTS]
+    assert schema.metadata[b"pebr.table"] == b"rollouts"
+    assert schema.metadata[b"pebr.schema_version"] == str(SCHEMA_VERSION).encode()
+    # the run's row reads back with the runs schema and its metadata
     run = store.table_dir("runs") / f"part-{r.run_id}-00000.parquet"
     schema = pq.read_schema(run)
     assert [(f.name, f.type) for f in schema] == [(f.name, f.type) for f in RUNS] and tuple(RUNS.names) == RUN_COLUMNS
     assert schema.metadata[b"pebr.table"] == b"runs"
+    assert schema.metadata[b"pebr.schema_version"] == str(SCHEMA_VERSION).encode()
     row = next(x for x in store.read("runs").to_pylist() if x["run_id"] == r.run_id)
     assert row["kind"] == "import" and row["created_at"].tzinfo is not None and json.loads(row["config"])["lines"] == 1
     assert not (store.root / "tmp").exists(), "the import's spill folder is removed"
@@ -225,3 +230,12 @@ def test_odd_scores_are_kept_as_incorrect_rollouts(tmp_path, store):
     got = store.connect().execute("SELECT qid, accuracy, correct FROM rollouts ORDER BY rollout_idx").fetchall()
     assert got == [("a", 1.0, True), ("b", None, False), ("c", None, False), ("d", None, False), ("e", None, False),
                    ("f", 1.0, True), ("g", 0.5, False), ("h", 1.0, True), ("i", None, False), ("j", None, False)]
+
+
+def test_a_dump_without_a_rollout_writes_nothing(tmp_path, store):
+    # the first record names the format; no record carries a question id
+    path = write_jsonl(tmp_path / "none.jsonl", [{"qid": None, "response": "r"}, "{broken", "[1]"])
+    with pytest.raises(PebrError, match=r"no rollout could be read \(3 lines\)"):
+        import_rollouts(store, path)
+    assert [p.name for p in store.table_dir("rollouts").iterdir()] == ["part-empty.parquet"]
+    assert store.connect().execute("select count(*) from runs where kind = 'import'").fetchone() == (0,)

@@ -7,9 +7,9 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import make_image, record, write_jsonl
 
-from curate.errors import PebrError
 from curate.ingest import REASONS, IngestOptions, ingest
 from curate.store import Store
+from schemas.errors import PebrError
 
 
 def _counts(store: Store):

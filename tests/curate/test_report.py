@@ -1,15 +1,15 @@
 from __future__ import annotations
 
 import base64
+import importlib.util
 import io
 import json
 import re
-
-import importlib.util
 from pathlib import Path
 
 import pytest
 
+from curate.difficulty import STAGE_BANDS
 from curate.report import build_report, collect, render_report
 
 # The store builder of test_select (tests/curate is not a package, so import it by path).
@@ -70,3 +70,21 @@ def test_report_mixed_n_bins(tmp_path):
     data = collect(store)
     assert len(data.bin_labels) == 12 and data.total.histogram[0] == 1 and data.total.histogram[-1] == 1
     assert data.total.histogram[data.bin_labels.index("0.7-0.8")] == 1
+
+
+def test_report_equals_sql_over_the_views(store):
+    """collect() (the API and polars) against one SQL aggregation over the samples and difficulty views."""
+    run_id = store.connect().execute("select run_id from runs where kind = 'import'").fetchone()[0]
+    data = collect(store, run_id, group_size=4, easy_min=0.75, hard_max=0.25)
+    rows = store.connect().execute(
+        "SELECT s.source, coalesce(s.capability, 'unknown'), band(k, n, easy_min := 0.75, hard_max := 0.25) AS b, "
+        "count(*), sum(p_degenerate(k, n, 4)) FROM samples s JOIN difficulty d USING (sample_id) "
+        "WHERE run_id = ? GROUP BY ALL", [run_id]).fetchall()
+    groups = {(g.source, g.capability): g for g in data.groups}
+    assert sum(g.samples for g in groups.values()) == sum(r[3] for r in rows) == data.total.samples == 14
+    stage_of = {band: stage for stage, band in STAGE_BANDS.items()}
+    for source, cap, band, count, pd_sum in rows:
+        g = groups[source, cap]
+        assert g.bands[band] == count
+        assert g.zero_advantage[stage_of[band]] == pytest.approx(pd_sum / count)
+    assert data.groups[0].source == "alpha" and data.total.bands == {"easy": 5, "medium": 3, "hard": 6}

@@ -9,9 +9,9 @@ import time
 import pytest
 from conftest import REPO, small_store, vllm_python
 
-from curate.engines.base import Completion, SamplingConfig
-from curate.errors import PebrError
 from curate.score import ScoreOptions, score
+from generation.base import Completion, SamplingConfig
+from schemas.errors import PebrError
 
 
 class SeedEngine:

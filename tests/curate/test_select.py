@@ -10,13 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import make_image, record, write_jsonl
 
-from curate.errors import PebrError
-from curate.export import prompt_macro, prompt_sql
 from curate.importer import import_rollouts
 from curate.ingest import IngestOptions, ingest
 from curate.select import SelectOptions, mix_targets, select_stage
 from curate.store import Store
-from rewards.prompt import PROMPT_TEMPLATE, build_messages
+from schemas.errors import PebrError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -141,7 +139,7 @@ def test_filters_mix_dedup_and_where(tmp_path, mixed):
     assert r.rows == 10
     with pytest.raises(PebrError, match="single SQL condition"):
         select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "bad", where="1=1); DROP VIEW samples; SELECT (1"))
-    with pytest.raises(PebrError, match="selection failed"):
+    with pytest.raises(PebrError, match="selection step where .* failed"):
         select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "bad", where="nope > 1"))
     with pytest.raises(PebrError, match="already holds"):
         select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "w"))
@@ -150,6 +148,35 @@ def test_filters_mix_dedup_and_where(tmp_path, mixed):
             select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "w", force=True, template=bad))
     assert _shards(tmp_path / "w"), "a refused selection leaves the existing dataset alone"
     assert mix_targets(3, 100, 0.25) == (3, 9)
+
+
+def test_every_sample_of_the_run_is_kept_or_dropped_with_a_reason(tmp_path):
+    specs = [{"qid": f"e{i}", "source": "alpha", "capability": "reasoning", "k": 8, "n": 8} for i in range(4)]
+    specs += [{"qid": f"m{i}", "source": "alpha" if i < 6 else "beta", "capability": "reasoning", "k": 1 + i % 7, "n": 8}
+              for i in range(10)]
+    specs += [{"qid": f"h{i}", "source": "beta", "capability": "reasoning", "k": 0, "n": 8} for i in range(3)]
+    store = build_store(tmp_path, specs)
+    # The condition names source and qid bare (no alias) and holds the text of an alias in a literal,
+    # which the selection must pass to DuckDB untouched.
+    r = select_stage(store, SelectOptions(stage="reasoning", out=tmp_path / "r", quota={"alpha": 4}, cap=5,
+                                          where="source <> 'd.source ' AND qid <> 'm1'"))
+    drops = pq.read_table(r.out / "select_drops.parquet").to_pylist()
+    kept = _ids(r.out)
+    run_samples = [sid for (sid,) in store.connect().execute("SELECT sample_id FROM samples").fetchall()]
+    assert len(kept) == r.rows == 5
+    assert sorted(kept + [d["sample_id"] for d in drops]) == sorted(run_samples), "each sample kept or dropped, once"
+    by_step = {}
+    for d in drops:
+        by_step.setdefault(d["step"], {}).setdefault(d["reason"], 0)
+        by_step[d["step"]][d["reason"]] += 1
+    assert by_step == {"band": {"band_easy": 4, "band_hard": 3}, "where": {"where_false": 1},
+                       "quota": {"over_quota": 1}, "cap": {"over_cap": 3}}
+    manifest = json.loads((r.out / "manifest.json").read_text())
+    assert [(s["step"], s["kept"], s["by_reason"]) for s in manifest["steps"]] == [
+        ("band", 10, {"band_easy": 4, "band_hard": 3}), ("where", 9, {"where_false": 1}),
+        ("quota", 8, {"over_quota": 1}), ("cap", 5, {"over_cap": 3})]
+    assert manifest["drops"]["rows"] == len(drops) == 12
+    assert "where source <> 'd.source ' AND qid <> 'm1'" in manifest["rule"]
 
 
 def test_shards_split_the_seeded_order(tmp_path, mixed):
@@ -165,7 +192,7 @@ def test_shards_split_the_seeded_order(tmp_path, mixed):
     empty = select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "empty", cap=0, shard_rows=7))
     assert [f.name for f in _shards(empty.out)] == ["train-00000-of-00001.parquet"] and _table(empty.out).num_rows == 0
     manifest = json.loads((many.out / "manifest.json").read_text())
-    assert list(manifest["files"]) == names and manifest["rows"] == 46
+    assert list(manifest["files"]) == [*names, "select_drops.parquet"] and manifest["rows"] == 46
     again = select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "many", shard_rows=7, force=True))
     assert again.files == many.files, "byte-identical shards on a rerun"
     embedded = select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "emb", shard_rows=20, images="embed"))
@@ -179,7 +206,7 @@ def test_shards_split_the_seeded_order(tmp_path, mixed):
     with pytest.raises(PebrError, match="already holds"):
         select_stage(mixed, SelectOptions(stage="perception", out=single))
     select_stage(mixed, SelectOptions(stage="perception", out=single, force=True))
-    assert sorted(p.name for p in single.iterdir()) == ["manifest.json", "train-00000-of-00001.parquet"]
+    assert sorted(p.name for p in single.iterdir()) == ["manifest.json", "select_drops.parquet", "train-00000-of-00001.parquet"]
     with pytest.raises(PebrError, match="shard_rows"):
         select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "x", shard_rows=0))
 
@@ -225,30 +252,6 @@ def test_sharded_stage_dataset_loads_for_training(tmp_path, mixed):
         load_rl(many.out)
 
 
-PROMPT_CASES = [
-    ("How many <image> circles?", 1), ("<image>", 1), ("no mark at all", 2), ("<image><image> two", 2),
-    ("x <image> y <image>", 1), ("end <image>", 3), ("it's {odd} 'quoted' <image>", 1), ("", 1), ("", 0), ("a<image>b", 0),
-    ("<image>first", 1), ("last<image>", 0), ("plain", 1), ("plain", 0), ("<image>", 0), ("two <image><image>", 1),
-    ("ge>", 1), ("<ima", 1), ("image>", 1), ("ge> x <image>", 1),
-]
-
-
-@pytest.mark.parametrize("template", [PROMPT_TEMPLATE, "{problem}", "<image> first {problem} then", "it's {problem} 'q'", "{problem} end",
-                                      "<ima{problem}", "{problem}ge>", "<{problem}>"])
-def test_prompt_macro_matches_build_messages(template):
-    import duckdb
-
-    con = duckdb.connect()
-    con.execute(prompt_macro())
-    got = con.execute(f"SELECT {prompt_sql('p', 'n', template)} "
-                      "FROM (SELECT unnest(?) AS p, unnest(?) AS n, generate_subscripts(?, 1) AS i) ORDER BY i",
-                      [[p for p, _ in PROMPT_CASES], [n for _, n in PROMPT_CASES], [p for p, _ in PROMPT_CASES]]).fetchall()
-    for (problem, n_images), (messages,) in zip(PROMPT_CASES, got, strict=True):
-        messages = [{"role": m["role"], "content": [{k: v for k, v in part.items() if v is not None} for part in m["content"]]}
-                    for m in messages]
-        assert messages == build_messages(problem, n_images, template)
-
-
 def test_manifest_and_datasets_load(tmp_path, mixed):
     datasets = pytest.importorskip("datasets")
     r = select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "p", quota={"alpha": 4}, group_size=8))
@@ -263,7 +266,7 @@ def test_manifest_and_datasets_load(tmp_path, mixed):
     assert manifest["run"]["run_id"] == r.run_id and manifest["run"]["kind"] == "import"
     from curate.export import sha256_file
 
-    assert manifest["files"] == {f.name: {"sha256": sha256_file(f)} for f in _shards(r.out)}
+    assert manifest["files"] == {f.name: {"sha256": sha256_file(f)} for f in [*_shards(r.out), r.out / "select_drops.parquet"]}
     assert manifest["zero_advantage"]["accuracy_predicted"] == pytest.approx(_beta_pdeg(8, 8, 8))
     assert manifest["zero_advantage"]["accuracy_point_estimate"] == pytest.approx(1.0)
     assert manifest["zero_advantage"]["observed_zero_std"]["accuracy"] == 1.0

@@ -5,9 +5,9 @@ import multiprocessing as mp
 import pyarrow as pa
 import pytest
 
-from curate.errors import PebrError
 from curate.store import Store
 from schemas import ROLLOUTS, SchemaError, conform
+from schemas.errors import PebrError
 
 
 def _hold_lock(root, ready, release):
@@ -130,8 +130,6 @@ def test_difficulty_bands_and_degenerate_probability(tmp_path, k, band):
         "select n, k, band, pass_rate, ci_low, ci_high, p_degenerate from difficulty").fetchone()
     assert (n, kk, b) == (8, k, band) and p == k / 8 and lo <= p <= hi
     # Beta(k+1, n-k+1) posterior, computed directly
-    from math import comb
-
     a, bb = k + 1, 8 - k + 1
     def moment(a, b, g):
         out = 1.0
@@ -139,4 +137,176 @@ def test_difficulty_bands_and_degenerate_probability(tmp_path, k, band):
             out *= (a + i) / (a + b + i)
         return out
     assert pdeg == pytest.approx(moment(a, bb, 8) + moment(bb, a, 8), rel=1e-9)
-    assert comb(8, k) >= 1
+
+
+# -- one write path: every part is checked against its schema and carries its version ------------------
+
+
+def _rollout_rows(run: str, n: int, start: int = 0) -> list[dict]:
+    return [{"run_id": run, "sample_id": f"s{i % 3}", "qid": f"q{i % 3}", "rollout_idx": i, "response": f"r{i}",
+             "correct": i % 2 == 0, "accuracy": float(i % 2 == 0)} for i in range(start, start + n)]
+
+
+def _meta(path) -> dict:
+    import pyarrow.parquet as pq
+
+    return {k.decode(): v.decode() for k, v in (pq.read_schema(path).metadata or {}).items()}
+
+
+def _same_columns(path, schema) -> bool:
+    import pyarrow.parquet as pq
+
+    got = pq.read_schema(path)
+    return [(f.name, f.type) for f in got] == [(f.name, f.type) for f in schema]
+
+
+def test_a_runs_part_carries_the_schema_and_its_version(tmp_path):
+    from schemas import RUNS, SCHEMA_VERSION
+
+    store = Store(tmp_path)
+    with store.writing("t"):
+        part = store.add_run("score-a", "score", model="m", sampling={"n": 8}, parent_run=None)
+    assert part == store.table_dir("runs") / "part-score-a-00000.parquet"
+    assert _meta(part) == {"pebr.table": "runs", "pebr.schema_version": str(SCHEMA_VERSION)}
+    assert _same_columns(part, RUNS)
+    row = store.connect().execute("select kind, model, sampling, parent_run, typeof(created_at) from runs").fetchone()
+    assert row == ("score", "m", '{"n": 8}', None, "TIMESTAMP WITH TIME ZONE")
+    with store.writing("t2"), pytest.raises(ValueError, match="unknown columns"):
+        store.add_run("score-b", "score", temperature=1.0)
+    # on a caller's open connection: the row is made on a cursor, the caller's settings stay as they were
+    con = store.connect()
+    con.execute("SET TimeZone = 'America/New_York'")
+    with store.writing("t3"):
+        part = store.add_run("score-c", "score", con)
+    assert _same_columns(part, RUNS)
+    assert con.execute("select current_setting('TimeZone')").fetchall() == [("America/New_York",)]
+
+
+def test_write_streams_a_record_batch_reader(tmp_path):
+    import pyarrow.parquet as pq
+
+    from schemas import SCHEMA_VERSION
+
+    store = Store(tmp_path)
+    schema = pa.Table.from_pylist(_rollout_rows("score-a", 1)).schema
+    batches = [pa.RecordBatch.from_pylist(_rollout_rows("score-a", n, start), schema=schema)
+               for n, start in ((5, 0), (0, 5), (4, 5))]
+    with store.writing("t"):
+        part = store.write("rollouts", pa.RecordBatchReader.from_batches(schema, batches), "score-a")
+        assert store.write("rollouts", pa.RecordBatchReader.from_batches(schema, []), "score-a") is None
+        store.add_run("score-a", "score")
+    assert [p.name for p in store.table_dir("rollouts").glob("part-score-a-*")] == [part.name]
+    assert _meta(part)["pebr.schema_version"] == str(SCHEMA_VERSION) and _same_columns(part, ROLLOUTS)
+    assert pq.ParquetFile(part).metadata.num_row_groups == 2  # one per non-empty batch: nothing gathered
+    got = store.connect().execute("select rollout_idx, response, n_tokens from rollouts order by 1").fetchall()
+    assert got == [(i, f"r{i}", None) for i in range(9)]
+
+
+def test_a_bad_batch_late_in_a_stream_publishes_nothing(tmp_path):
+    store = Store(tmp_path)
+    good = _rollout_rows("score-a", 3)
+    schema = pa.Table.from_pylist(good).schema
+    bad = [{**r, "response": None} for r in _rollout_rows("score-a", 2, 3)]
+    other_run = _rollout_rows("score-b", 2, 3)
+    with store.writing("t"):
+        for rows, error in ((bad, SchemaError), (other_run, ValueError)):
+            reader = pa.RecordBatchReader.from_batches(schema, [pa.RecordBatch.from_pylist(good, schema=schema),
+                                                                pa.RecordBatch.from_pylist(rows, schema=schema)])
+            with pytest.raises(error, match="response|score-a"):
+                store.write("rollouts", reader, "score-a")
+        with pytest.raises(SchemaError, match="unknown columns"):  # before a row is read
+            store.write("rollouts", pa.RecordBatchReader.from_batches(pa.schema([("bogus", pa.int64())]), []), "score-a")
+        with pytest.raises(TypeError, match="Store.write takes"):
+            store.write("rollouts", _rollout_rows("score-a", 1), "score-a")
+    assert [p.name for p in store.table_dir("rollouts").iterdir()] == ["part-empty.parquet"]
+
+
+RELATION = """SELECT 'import-a' AS run_id, 's' || (i % 3) AS sample_id, 'q' || (i % 3) AS qid,
+    CAST(i AS INTEGER) AS rollout_idx, CAST(NULL AS BIGINT) AS seed, {response} AS response,
+    CAST(NULL AS INTEGER) AS n_tokens, CAST(NULL AS VARCHAR) AS finish_reason, CAST(i % 2 AS FLOAT) AS accuracy,
+    CAST(NULL AS FLOAT) AS format, CAST(NULL AS FLOAT) AS keyword, CAST(NULL AS FLOAT) AS length,
+    CAST(NULL AS FLOAT) AS clip, CAST(i % 2 AS FLOAT) AS overall, i % 2 = 1 AS correct
+  FROM range({n}) t(i)"""
+
+
+def test_write_has_duckdb_write_a_relation_checked_like_a_table(tmp_path):
+    import duckdb
+
+    from schemas import SCHEMA_VERSION
+
+    store = Store(tmp_path)
+    con = duckdb.connect()
+    with store.writing("t"):
+        part = store.write("rollouts", con.sql(RELATION.format(response="'r' || i", n=10)), "import-a")
+        assert store.write("rollouts", con.sql(RELATION.format(response="'r'", n=0)), "import-a") is None
+        store.add_run("import-a", "import")
+        # the rows are checked as conform checks a table's: a null where the schema forbids one ...
+        nulls = RELATION.format(response="CASE WHEN i = 7 THEN NULL ELSE 'r' END", n=10)
+        with pytest.raises(SchemaError, match=r"rollouts\.response: null value"):
+            store.write("rollouts", con.sql(nulls), "import-a")
+        # ... a row of another run, a type that is not the schema's, a missing or unknown column
+        with pytest.raises(ValueError, match="run_id = 'import-b'"):
+            store.write("rollouts", con.sql(RELATION.format(response="'r'", n=3)), "import-b")
+        with pytest.raises(SchemaError, match="rollout_idx: int64"):
+            store.write("rollouts", con.sql(RELATION.format(response="'r'", n=3).replace("CAST(i AS INTEGER)", "i")), "import-a")
+        with pytest.raises(SchemaError, match="required column 'response'"):
+            store.write("rollouts", con.sql("SELECT 'import-a' AS run_id, 0 AS rollout_idx, true AS correct"), "import-a")
+        with pytest.raises(SchemaError, match="unknown columns"):
+            store.write("rollouts", con.sql("SELECT *, 1 AS bogus FROM (" + RELATION.format(response="'r'", n=3) + ")"), "import-a")
+    assert sorted(p.name for p in store.table_dir("rollouts").iterdir()) == ["part-empty.parquet", part.name]
+    assert _meta(part) == {"pebr.table": "rollouts", "pebr.schema_version": str(SCHEMA_VERSION)}
+    assert _same_columns(part, ROLLOUTS)
+    assert store.connect().execute("select count(*), sum(k) from difficulty").fetchone() == (3, 5)
+
+
+def test_no_two_curate_modules_import_each_other():
+    """The import graph of curate (function-level imports included) has no cycle."""
+    import ast
+    from pathlib import Path
+
+    import curate
+
+    root = Path(curate.__file__).parent
+    modules = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+
+    def target(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join([*package.split(".")[: len(package.split(".")) - node.level + 1], *filter(None, [base])])
+                names = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+            else:
+                continue
+            edges |= {t for n in names if n.split(".")[0] == "curate" and (t := target(n)) and t != name}
+        graph[name] = edges
+
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                raise AssertionError("import cycle: " + " -> ".join([*trail[trail.index(nxt):], nxt]))
+            if nxt not in state:
+                visit(nxt, [*trail, nxt])
+        state[node] = 2
+
+    assert {"curate.store", "curate.difficulty", "curate.views"} <= set(graph)
+    assert "curate.views" in graph["curate.store"] and "curate.store" in graph["curate.difficulty"]
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])

@@ -10,7 +10,14 @@ import pytest
 from mathruler.grader import grade_answer
 from PIL import Image
 
-from curate.synth import COLORS, FAMILIES, SHAPES, answer_from_scene, generate_world, make_sample
+from curate.synth import (
+    COLORS,
+    FAMILIES,
+    SHAPES,
+    answer_from_scene,
+    generate_world,
+    make_sample,
+)
 
 N = 240
 

@@ -11,7 +11,14 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 from PIL import Image  # noqa: E402
 
-from rewards import ClipReward, RewardConfig, extract_caption, grade, load_image, similarity_to_reward  # noqa: E402
+from rewards import (  # noqa: E402
+    ClipReward,
+    RewardConfig,
+    extract_caption,
+    grade,
+    load_image,
+    similarity_to_reward,
+)
 
 TEXT_POSITIONS = 64
 
@@ -19,7 +26,13 @@ TEXT_POSITIONS = 64
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory) -> str:
     from tokenizers import pre_tokenizers
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPProcessor,
+        CLIPTokenizer,
+    )
 
     # One token per byte (no merges): enough for CLIP's BPE pipeline, built without any download.
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 import rewards
-
 from rewards import (
     GRADER_VERSION,
     RewardConfig,

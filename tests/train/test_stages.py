@@ -6,7 +6,13 @@ import json
 
 import pytest
 
-from train.config import EvalConfig, WarmupConfig, load_recipe, parse_overrides, stage_config
+from train.config import (
+    EvalConfig,
+    WarmupConfig,
+    load_recipe,
+    parse_overrides,
+    stage_config,
+)
 
 
 @pytest.fixture(scope="module")

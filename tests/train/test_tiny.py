@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from rewards.prompt import build_messages
+from generation.prompt import build_messages
 from train.tiny import SPECIAL_TOKENS, build_tiny_model
 
 CORPUS = [

@@ -7,7 +7,7 @@ with the rest of its group, or resumed after a crash. The cost is small: prefix 
 the shared prompt (image included) once, and vLLM's scheduler batches the requests itself.
 
 Parallelism: ``tensor_parallel_size`` splits one model over GPUs. Offline data parallelism needs
-one process per replica, so instead of ``data_parallel_size`` run several ``curate score --shard i/N``
+one process per replica, so run several ``curate score --shard i/N``
 processes (each with its own ``CUDA_VISIBLE_DEVICES``); their shards land in the same store.
 """
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from curate.engines.base import Completion, EngineOptions, Request, SamplingConfig
-from curate.engines.prompting import banned_token_ids, chat_prompt, image_size, stop_token_ids
+from generation.base import Completion, EngineOptions, Request, SamplingConfig
+from generation.tokens import banned_token_ids, chat_prompt, image_size, stop_token_ids
 
 DEFAULT_MAX_IMAGES = 8
 """Images per prompt vLLM reserves room for, unless ``options.extra["max_images"]`` says otherwise."""
@@ -31,11 +31,6 @@ class VLLMEngine:
         from transformers import AutoConfig, AutoProcessor, GenerationConfig
         from vllm import LLM
 
-        if options.data_parallel_size > 1:
-            raise ValueError(
-                "the vllm engine runs one replica per process: for data parallelism start one "
-                "`curate score --shard i/N` process per replica instead of data_parallel_size > 1"
-            )
         self.model_id = str(options.extra.get("model_id", model_dir))
         self.processor = AutoProcessor.from_pretrained(model_dir, size=image_size(cfg.min_pixels, cfg.max_pixels))
         tokenizer = self.processor.tokenizer

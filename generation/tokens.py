@@ -1,7 +1,7 @@
-"""What both engines must agree on: the prompt text, the tokens that end a response, the tokens never sampled.
+"""The token rules of every generation: the chat prompt, the tokens that end a response, the tokens never sampled.
 
-Keeping these in one place makes the hf and vllm engines see the same prompt and stop at the same
-token, so a rollout table does not change meaning with the engine that wrote it.
+Scoring (both engines), evaluation and GRPO's rollouts (TRL's `generate`) all take them from here,
+so a response means the same whichever of them produced it.
 """
 
 from __future__ import annotations
@@ -10,6 +10,9 @@ from typing import Any
 
 VISION_TOKEN_WORDS = ("image", "video", "vision")
 """Special tokens naming one of these are placeholders for pixels; a response must never contain one."""
+
+TURN_START_TOKENS = ("<|im_start|>",)
+"""Chat-format turn openers: a response never opens a new turn (it ends its own with a turn end)."""
 
 TURN_END_TOKENS = ("<|im_end|>", "<|endoftext|>")
 """Chat-format end markers: the prompts are chat-formatted, so a response ends with the turn."""
@@ -43,6 +46,7 @@ def _as_list(value: Any) -> list[int]:
 
 def stop_token_ids(tokenizer: Any, generation_config: Any = None) -> list[int]:
     """Token ids that end a response: the model's eos ids, the tokenizer's eos and the chat turn ends."""
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor's tokenizer
     ids = set(_as_list(getattr(generation_config, "eos_token_id", None)))
     ids.update(_as_list(getattr(tokenizer, "eos_token_id", None)))
     vocab = tokenizer.get_vocab()
@@ -51,15 +55,17 @@ def stop_token_ids(tokenizer: Any, generation_config: Any = None) -> list[int]:
 
 
 def banned_token_ids(tokenizer: Any, model_config: Any = None) -> list[int]:
-    """Ids of the image, video and vision special tokens, which generation must never produce.
+    """Ids of the tokens generation must never produce: image, video and vision specials and turn starts.
 
-    A generated ``<|image_pad|>`` would be read as an image slot on the next forward pass (and
-    breaks multimodal position ids), and an untrained model does produce them.
+    A generated ``<|image_pad|>`` would be read as an image slot on the next forward pass (GRPO's
+    log-probs, and multimodal position ids break), and an untrained model does produce them; a
+    generated turn start would make the response hold a fake next turn.
     """
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor's tokenizer
     ids: set[int] = set()
     added = getattr(tokenizer, "added_tokens_encoder", None) or {}
     for text, idx in added.items():
-        if any(word in text.lower() for word in VISION_TOKEN_WORDS):
+        if any(word in text.lower() for word in VISION_TOKEN_WORDS) or text in TURN_START_TOKENS:
             ids.add(int(idx))
     for attr in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id", "vision_token_id"):
         ids.update(_as_list(getattr(model_config, attr, None)))

@@ -14,12 +14,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import vllm_python
 from PIL import Image
 
-from curate.engines import EngineOptions, Request, SamplingConfig, load_engine, rollout_seed
-from conftest import vllm_python
-
-from rewards.prompt import build_messages
+from generation import EngineOptions, Request, SamplingConfig, load_engine, rollout_seed
+from generation.prompt import build_messages
 
 REPO = Path(__file__).resolve().parents[2]
 MAX_NEW = 12
@@ -73,7 +72,7 @@ def test_load_engine_rejects_unknown_names():
 
 
 def test_importing_engines_does_not_import_torch():
-    code = "import sys, curate.engines; print('torch' in sys.modules, 'transformers' in sys.modules, 'vllm' in sys.modules)"
+    code = "import sys, generation; print('torch' in sys.modules, 'transformers' in sys.modules, 'vllm' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False", "False"]
 
@@ -81,7 +80,7 @@ def test_importing_engines_does_not_import_torch():
 def test_sample_rows_follows_temperature_and_top_p():
     import torch
 
-    from curate.engines.hf import sample_rows
+    from generation.hf import sample_rows
 
     logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
     u = torch.rand(20000, generator=torch.Generator().manual_seed(0))
@@ -98,12 +97,12 @@ def test_banned_tokens_are_never_forced(tiny_model):
     import torch
     from transformers import AutoTokenizer
 
-    from curate.engines.hf import SeededRowSampler
-    from curate.engines.prompting import banned_token_ids
+    from generation.hf import SeededRowSampler
+    from generation.tokens import banned_token_ids
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
     banned = banned_token_ids(tok)
-    assert tok.convert_ids_to_tokens(banned) == ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+    assert tok.convert_ids_to_tokens(banned) == ["<|im_start|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
     scores = torch.zeros(64, len(tok))
     scores[:, banned] = 50.0  # the banned tokens would win every draw
     sampler = SeededRowSampler(torch.rand(64, 1), prompt_width=5, temperature=1.0, top_p=1.0, banned=banned)
@@ -165,7 +164,7 @@ def test_hf_greedy_is_deterministic_and_matches_plain_generate(hf_engine):
         assert len({c.text for c in comps}) == 1, "greedy ignores the seed"
 
     # The forcing processor must reproduce transformers' own greedy decoding.
-    from curate.engines.prompting import chat_prompt
+    from generation.tokens import chat_prompt
 
     req = requests[1]
     inputs = hf_engine.processor(text=[chat_prompt(hf_engine.processor, req.messages)], images=req.images, return_tensors="pt")
@@ -183,8 +182,8 @@ VLLM_DRIVER = textwrap.dedent(
     """
     import json, sys
     from PIL import Image
-    from curate.engines import EngineOptions, Request, SamplingConfig, load_engine, rollout_seed
-    from rewards.prompt import build_messages
+    from generation import EngineOptions, Request, SamplingConfig, load_engine, rollout_seed
+    from generation.prompt import build_messages
 
     def main():
         spec = json.loads(sys.argv[1])

@@ -12,10 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor, GenerationConfig, LogitsProcessor
+from transformers import (
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    GenerationConfig,
+    LogitsProcessor,
+)
 
-from curate.engines.base import Completion, EngineOptions, Request, SamplingConfig
-from curate.engines.prompting import banned_token_ids, chat_prompt, image_size, stop_token_ids
+from generation.base import Completion, EngineOptions, Request, SamplingConfig
+from generation.tokens import banned_token_ids, chat_prompt, image_size, stop_token_ids
 
 
 def sample_rows(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:

@@ -68,13 +68,17 @@ class EngineOptions:
     """Engine-specific knobs; each engine reads the ones it knows."""
 
     dtype: str = "auto"
+    """Model dtype: auto (the checkpoint's), bfloat16, float16 or float32."""
     tensor_parallel_size: int = 1
-    data_parallel_size: int = 1
+    """vllm: GPUs one model replica is split over."""
     gpu_memory_utilization: float = 0.85
+    """vllm: share of GPU memory the engine may take."""
     max_model_len: int | None = None
+    """vllm: context length (default: the model's)."""
     batch_size: int = 64
     """Sequences per forward pass (hf engine)."""
     extra: dict = field(default_factory=dict)
+    """Anything else: model_id, device (hf), max_images and llm_kwargs (vllm)."""
 
 
 def rollout_seed(run_seed: int, sample_id: str, rollout_idx: int) -> int:
