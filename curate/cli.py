@@ -23,10 +23,16 @@ from schemas.cli import (
     run_app,
     status,
 )
+from schemas.cli import default_option as _opt
 from schemas.config import default
 
 # Option defaults are read from the option dataclasses (one definition each); those modules import
 # nothing heavy, so `--help` stays instant.
+
+FormatPromptOpt = Annotated[Optional[Path], typer.Option(
+    "--format-prompt", help="A Jinja template over `content` (EasyR1's data.format_prompt), e.g. the reference's "
+    "examples/format_prompt/pebr_format.jinja (default: the toolkit's own instruction).")]
+
 
 RewardOpt = Annotated[Optional[list[str]], typer.Option(
     "--reward", help="KEY=VALUE: a reward setting (rewards.config.RewardConfig), e.g. clip_model_path=/models/fg-clip "
@@ -197,30 +203,41 @@ def _parse_shard(text: str) -> tuple[int, int]:
 
 _S = SamplingConfig
 _E = EngineOptions
+RecipeOpt = Annotated[Optional[Path], typer.Option(
+    help="Recipe YAML (pipelines/pebr.yaml): this command's section gives the settings; flags override them.")]
+
+
+def _settings(recipe: Path | None, section: str, flags: dict) -> dict:
+    """The recipe's section, then the flags that were given (None: not given)."""
+    from schemas.config import load_recipe, merge, recipe_section
+
+    return merge(recipe_section(load_recipe(recipe), section), {k: v for k, v in flags.items() if v is not None})
 
 
 @app.command()
 def score(
-    model: Annotated[Path, typer.Option(help="Hugging Face VLM directory (the base model).")],
-    engine: Annotated[str, typer.Option(help=f"{' | '.join(ENGINES)}.")] = default(ScoreOptions, "engine"),
-    n: Annotated[int, typer.Option(help="Rollouts per sample.")] = _S.n,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = _S.temperature,
-    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = _S.top_p,
-    max_new_tokens: Annotated[int, typer.Option(help="Longest response in tokens.")] = _S.max_new_tokens,
-    seed: Annotated[int, typer.Option(help="Run seed; rollout seeds derive from (seed, sample, index).")] = _S.seed,
+    model: Annotated[Optional[Path], typer.Option(help="Hugging Face VLM directory (the base model; default: the recipe's `model`).")] = None,
+    engine: Annotated[Optional[str], _opt(f"{' | '.join(ENGINES)}.", default(ScoreOptions, "engine"))] = None,
+    n: Annotated[Optional[int], _opt("Rollouts per sample.", _S.n)] = None,
+    temperature: Annotated[Optional[float], _opt("Sampling temperature.", _S.temperature)] = None,
+    top_p: Annotated[Optional[float], _opt("Nucleus sampling mass.", _S.top_p)] = None,
+    max_new_tokens: Annotated[Optional[int], _opt("Longest response in tokens.", _S.max_new_tokens)] = None,
+    seed: Annotated[Optional[int], _opt("Run seed; rollout seeds derive from (seed, sample, index).", _S.seed)] = None,
     source: Annotated[Optional[list[str]], typer.Option(help="Only samples of this source (repeatable).")] = None,
     shard: Annotated[str, typer.Option(help="i/N: score the i-th of N disjoint parts (for N processes).")] = "0/1",
-    adaptive: Annotated[bool, typer.Option(help="Stop a sample once it has a correct and an incorrect rollout.")] = False,
-    round_size: Annotated[int, typer.Option(help="Adaptive: rollouts per sample per round.")] = default(ScoreOptions, "round_size"),
-    batch_size: Annotated[int, typer.Option(help="hf: sequences per forward pass.")] = _E.batch_size,
-    chunk: Annotated[Optional[int], typer.Option(help=f"Samples per generate call and written part (default {CHUNK}).")] = None,
-    tensor_parallel_size: Annotated[int, typer.Option(help="vllm: GPUs per model replica.")] = _E.tensor_parallel_size,
-    gpu_memory_utilization: Annotated[float, typer.Option(help="vllm: fraction of GPU memory to use.")] = _E.gpu_memory_utilization,
-    max_model_len: Annotated[Optional[int], typer.Option(help="vllm: context length.")] = _E.max_model_len,
-    dtype: Annotated[str, typer.Option(help="Model dtype (auto, bfloat16, float32).")] = _E.dtype,
-    min_pixels: Annotated[int, typer.Option(help="Smallest image area after resizing.")] = _S.min_pixels,
-    max_pixels: Annotated[int, typer.Option(help="Largest image area after resizing.")] = _S.max_pixels,
+    adaptive: Annotated[Optional[bool], _opt("Stop a sample once it has a correct and an incorrect rollout.", False)] = None,
+    round_size: Annotated[Optional[int], _opt("Adaptive: rollouts per sample per round.", default(ScoreOptions, "round_size"))] = None,
+    batch_size: Annotated[Optional[int], _opt("hf: sequences per forward pass.", _E.batch_size)] = None,
+    chunk: Annotated[Optional[int], _opt("Samples per generate call and written part.", CHUNK)] = None,
+    tensor_parallel_size: Annotated[Optional[int], _opt("vllm: GPUs per model replica.", _E.tensor_parallel_size)] = None,
+    gpu_memory_utilization: Annotated[Optional[float], _opt("vllm: fraction of GPU memory to use.", _E.gpu_memory_utilization)] = None,
+    max_model_len: Annotated[Optional[int], _opt("vllm: context length.", "the model's")] = None,
+    dtype: Annotated[Optional[str], _opt("Model dtype (auto, bfloat16, float32).", _E.dtype)] = None,
+    min_pixels: Annotated[Optional[int], _opt("Smallest image area after resizing.", _S.min_pixels)] = None,
+    max_pixels: Annotated[Optional[int], _opt("Largest image area after resizing.", _S.max_pixels)] = None,
     reward: RewardOpt = None,
+    format_prompt: FormatPromptOpt = None,
+    recipe: RecipeOpt = None,
     limit: Annotated[Optional[int], typer.Option(help="Score only the first N samples (quick checks).")] = None,
     run: Annotated[Optional[str], typer.Option(help="Resume this run id.")] = None,
     new_run: Annotated[bool, typer.Option(help="Start a new run even if an identical one exists.")] = False,
@@ -231,21 +248,28 @@ def score(
     Running the same command again resumes the run where it stopped.
 
     Example: curate score --model Qwen2.5-VL-7B-Instruct --engine vllm --n 8 --temperature 1.2
+    (or: curate score --recipe pipelines/pebr.yaml --model runs/warmup)
     """
     from curate.score import score as run_score
+    from curate.score import score_options
+    from schemas.config import load_recipe, merge, parse_overrides
 
-    opts = ScoreOptions(
-        model=str(model), engine=engine,
-        sampling=SamplingConfig(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
-                                min_pixels=min_pixels, max_pixels=max_pixels),
-        engine_options=EngineOptions(dtype=dtype, tensor_parallel_size=tensor_parallel_size,
-                                     gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
-                                     batch_size=batch_size),
-        sources=source, shard=_parse_shard(shard), adaptive=adaptive, round_size=round_size,
-        chunk=chunk, rewards=_rewards(reward), limit=limit, run=run, new_run=new_run,
-    )
+    values = _settings(recipe, "score", dict(
+        engine=engine, n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
+        sources=source, adaptive=adaptive, round_size=round_size, batch_size=batch_size, chunk=chunk,
+        tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
+        max_model_len=max_model_len, dtype=dtype, min_pixels=min_pixels, max_pixels=max_pixels,
+        format_prompt=format_prompt, limit=limit, run=run, new_run=new_run or None))
+    if reward:
+        values = merge(values, {"rewards": parse_overrides(reward)})
+    model = model or load_recipe(recipe).get("model")
+    if model is None:
+        from schemas.errors import PebrError
+
+        raise PebrError("--model is required (or a recipe with a top-level `model`)")
+    opts = score_options(str(model), {**values, "shard": _parse_shard(shard)})
     with progress_bar(unit="rollouts") as bar:
-        task = bar.add_task(f"score ({engine})", total=None)
+        task = bar.add_task(f"score ({opts.engine})", total=None)
 
         def progress(advance: int, total: int | None) -> None:
             if total is not None:
@@ -306,15 +330,18 @@ def select(
     coarse_fine_mix: Annotated[Optional[float], typer.Option(help="Share of perception_coarse among perception samples.")] = None,
     quota: Annotated[Optional[list[str]], typer.Option(help="SOURCE=COUNT: most samples of a source (repeatable).")] = None,
     cap: Annotated[Optional[int], typer.Option(help="Most samples in the stage.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of every random choice and of the row order.")] = default(SelectOptions, "seed"),
-    dedup: Annotated[bool, typer.Option(help="One sample per identical problem + images.")] = False,
+    seed: Annotated[Optional[int], _opt("Seed of every random choice and of the row order.", default(SelectOptions, "seed"))] = None,
+    dedup: Annotated[Optional[bool], _opt("One sample per identical problem + images.", False)] = None,
+    exclude_response: Annotated[Optional[list[str]], typer.Option(help="Warm-up: leave out samples whose gold response contains this phrase, e.g. 'Let me rethink it' (repeatable).")] = None,
     where: Annotated[Optional[str], typer.Option(help="Extra SQL condition over samples and difficulty columns.")] = None,
-    easy_min: Annotated[float, typer.Option(help="Easy when k >= easy_min * n.")] = default(SelectOptions, "easy_min"),
-    hard_max: Annotated[float, typer.Option(help="Hard when k <= hard_max * n.")] = default(SelectOptions, "hard_max"),
-    group_size: Annotated[int, typer.Option(help="GRPO group size, for the zero-advantage prediction.")] = default(SelectOptions, "group_size"),
-    images: Annotated[str, typer.Option(help="path (absolute paths into the store's image folder) | embed (bytes: a self-contained file).")] = default(SelectOptions, "images"),
-    fmt: Annotated[str, typer.Option("--format", help="parquet | easyr1 (+ reference JSON, images) | sharegpt (+ LLaMA-Factory).")] = default(SelectOptions, "format"),
-    shard_rows: Annotated[int, typer.Option(help="Most rows per Parquet shard; shards are written in parallel.")] = default(SelectOptions, "shard_rows"),
+    easy_min: Annotated[Optional[float], _opt("Easy when k >= easy_min * n.", default(SelectOptions, "easy_min"))] = None,
+    hard_max: Annotated[Optional[float], _opt("Hard when k <= hard_max * n.", default(SelectOptions, "hard_max"))] = None,
+    group_size: Annotated[Optional[int], _opt("GRPO group size, for the zero-advantage prediction.", default(SelectOptions, "group_size"))] = None,
+    images: Annotated[Optional[str], _opt("path (absolute paths into the store's image folder) | embed (bytes: a self-contained file).", default(SelectOptions, "images"))] = None,
+    fmt: Annotated[Optional[str], typer.Option("--format", help="parquet | easyr1 (+ reference JSON, images, format_prompt.jinja) | sharegpt (+ LLaMA-Factory).", show_default=default(SelectOptions, "format"))] = None,
+    shard_rows: Annotated[Optional[int], _opt("Most rows per Parquet shard; shards are written in parallel.", default(SelectOptions, "shard_rows"))] = None,
+    format_prompt: FormatPromptOpt = None,
+    recipe: RecipeOpt = None,
     force: Annotated[bool, typer.Option(help="Replace an existing stage dataset in --out.")] = False,
     store: StoreOpt = Path("store"),
 ) -> None:
@@ -322,12 +349,15 @@ def select(
 
     Example: curate select --stage perception --out stages/perception --coarse-fine-mix 0.5 --seed 1
     """
-    from curate.select import select_stage
+    from curate.select import select_options, select_stage
 
-    opts = SelectOptions(stage=stage, out=out, run=run, sources=source, capabilities=capability,
-                         coarse_fine_mix=coarse_fine_mix, quota=_quota(quota or []), cap=cap, seed=seed, dedup=dedup,
-                         where=where, easy_min=easy_min, hard_max=hard_max, group_size=group_size, images=images, format=fmt,
-                         shard_rows=shard_rows, force=force)
+    values = _settings(recipe, "select", dict(
+        run=run, sources=source, capabilities=capability, coarse_fine_mix=coarse_fine_mix,
+        quota=_quota(quota) if quota else None, cap=cap, seed=seed, dedup=dedup, exclude_responses=exclude_response,
+        where=where, easy_min=easy_min,
+        hard_max=hard_max, group_size=group_size, images=images, format=fmt, shard_rows=shard_rows,
+        format_prompt=format_prompt, force=force or None))
+    opts = select_options(stage, out, values)
     with status(f"selecting the {stage} stage"):
         r = select_stage(_store(store), opts)
     err = console()

@@ -20,6 +20,7 @@ from pathlib import Path
 from curate.store import sql_literal
 from generation.prompt import (
     PROMPT_TEMPLATE,
+    as_template,
     prompt_macro,
     prompt_parts_sql,
     prompt_sql,
@@ -253,7 +254,7 @@ def _stage_sql(picked: str, samples: str, store_root: Path, images: str, templat
     rows = ("SELECT s.sample_id, p.source, p.capability, s.qid, s.problem, s.answer, s.key_words, s.images AS images_rel, "
             f"s.extra, p.n, p.k, p.pass_rate, p.band, p.p_degenerate FROM {picked} p JOIN {samples} s USING (sample_id) "
             f"WHERE {where} ORDER BY p.rank_key")
-    rows = f"SELECT *, {prompt_parts_sql('problem')} AS prompt_parts FROM ({rows})"
+    rows = f"SELECT *, {prompt_parts_sql('problem', template)} AS prompt_parts FROM ({rows})"
     return f"SELECT {select} FROM ({rows})"
 
 
@@ -281,6 +282,7 @@ def write_shards(con, picked: str, samples: str, out: Path, store_root: Path, *,
     from concurrent.futures import ThreadPoolExecutor
 
     con.execute(prompt_macro())
+    as_template(template).register(con)  # a template SQL cannot express renders through Python
     shards = max(1, -(-rows // shard_rows))
     names = [shard_name(i, shards) for i in range(shards)]
     # Row at position p of the order goes to shard p * shards // rows; a shard's lower bound is its

@@ -72,13 +72,42 @@ class ScoreOptions:
     rewards: RewardConfig = field(default_factory=RewardConfig)
     """The graders' settings (the sampling reward is the accuracy; format, keyword and length are kept too)."""
     template: str = PROMPT_TEMPLATE
-    """Prompt template; ``{problem}`` is replaced by the question."""
+    """The format prompt: a Jinja template over ``content`` (the problem), EasyR1's convention; part of
+    the run's fingerprint."""
     limit: int | None = None
     """Score only the first `limit` samples (by id order) of this shard; for quick checks."""
     run: str | None = None
     """Resume this run id instead of the one the options fingerprint."""
     new_run: bool = False
     """Start a new run even when an identical one exists."""
+
+
+def score_options(model: str, values: dict) -> ScoreOptions:
+    """ScoreOptions from one flat mapping (a recipe's `score` section merged with the command line):
+    the fields of ScoreOptions, of its SamplingConfig and of its EngineOptions side by side; `rewards`
+    a mapping of RewardConfig fields; `format_prompt` a template file (its text becomes `template`).
+    Unknown keys and wrong types are one clear error.
+
+    >>> o = score_options("m", {"n": 4, "engine": "vllm", "batch_size": 2, "rewards": {"length_limit": 9}})
+    >>> o.sampling.n, o.engine, o.engine_options.batch_size, o.rewards.length_limit
+    (4, 'vllm', 2, 9)
+    """
+    from generation.prompt import load_format_prompt
+    from schemas.config import build
+
+    values = dict(values)
+    if values.get("format_prompt") is not None:
+        values["template"] = load_format_prompt(values.pop("format_prompt"))
+    values.pop("format_prompt", None)
+    groups = {name: {f.name for f in dataclasses.fields(cls)} for name, cls in
+              (("sampling", SamplingConfig), ("engine_options", EngineOptions))}
+    top = {f.name for f in dataclasses.fields(ScoreOptions)} - set(groups) - {"model"}
+    unknown = sorted(set(values) - top - set().union(*groups.values()))
+    if unknown:
+        known = sorted(top | set().union(*groups.values()) | {"format_prompt"})
+        raise PebrError(f"score: unknown setting(s) {unknown}; known: {known}")
+    nested = {name: {k: values.pop(k) for k in names if k in values} for name, names in groups.items()}
+    return build(ScoreOptions, {"model": str(model), **values, **nested}, "score")
 
 
 @dataclass

@@ -11,6 +11,7 @@ writer (`curate.export`) turns what is left into the stage files.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +46,7 @@ from curate.steps import (
     mix_step,
     mix_targets,
     quota_step,
+    response_step,
     run_steps,
     source_step,
     where_step,
@@ -57,13 +59,14 @@ from schemas.io import atomic_write
 
 FORMATS = ("parquet", "easyr1", "sharegpt")
 MANIFEST_NAME = "manifest.json"
+FORMAT_PROMPT_FILE = "format_prompt.jinja"
 DROPS_FILE = "select_drops.parquet"
 """Every sample of the run the selection left out: sample_id, step, reason."""
 SHARD_ROWS = 65_536
 """Most rows per Parquet shard of a stage dataset (--shard-rows)."""
 
 __all__ = ["DROPS_FILE", "FORMATS", "MANIFEST_NAME", "SHARD_ROWS", "SelectOptions", "SelectReport", "mix_targets",
-           "select_stage", "selection_steps", "shard_name"]
+           "select_options", "select_stage", "selection_steps", "shard_name"]
 
 
 @dataclass
@@ -91,6 +94,10 @@ class SelectOptions:
     """Seed of the order: every random choice and the row order of the output derive from it."""
     dedup: bool = False
     """Keep one sample per identical problem text + image content (images are content-addressed)."""
+    exclude_responses: list[str] = field(default_factory=list)
+    """Warm-up only: leave out samples whose gold response contains one of these phrases
+    (case-insensitive; the reference drops "Let me rethink it" reflections from its SFT data). The
+    GRPO stages use no gold response, and ignore it."""
     where: str | None = None
     """Extra SQL condition over samples and difficulty columns, e.g. "n >= 8 AND source <> 'geoqa'"."""
     easy_min: float = 1.0
@@ -105,13 +112,28 @@ class SelectOptions:
     format: str = "parquet"
     """parquet (always written) | easyr1 (+ reference JSON and images) | sharegpt (+ LLaMA-Factory SFT JSON)."""
     template: str = PROMPT_TEMPLATE
-    """Prompt template ({problem} is replaced) for the chat `prompt` column."""
+    """The format prompt (a Jinja template over ``content``, EasyR1's `data.format_prompt`) of the chat
+    `prompt` column and the ShareGPT text; the EasyR1 export carries it as `easyr1/format_prompt.jinja`."""
     shard_rows: int = SHARD_ROWS
     """Most rows per Parquet shard. The rows, in seeded order, are split evenly into
     ceil(rows / shard_rows) shards, written in parallel (one DuckDB pipeline per core); the files
     depend only on the selection, not on the machine."""
     force: bool = False
     """Replace an existing stage dataset in `out`."""
+
+
+def select_options(stage: str, out: str | Path, values: dict) -> SelectOptions:
+    """SelectOptions from one mapping (a recipe's `select` section merged with the command line);
+    `format_prompt` names a template file (its text becomes `template`). Unknown keys and wrong types
+    are one clear error."""
+    from generation.prompt import load_format_prompt
+    from schemas.config import build
+
+    values = dict(values)
+    if values.get("format_prompt") is not None:
+        values["template"] = load_format_prompt(values.pop("format_prompt"))
+    values.pop("format_prompt", None)
+    return build(SelectOptions, {"stage": stage, "out": Path(out), **values}, "select")
 
 
 @dataclass
@@ -237,6 +259,8 @@ def selection_steps(con, opts: SelectOptions, band: str, difficulty: str, sample
         steps.append(where_step(opts.where, difficulty, samples))
     if opts.dedup:
         steps.append(dedup_step(difficulty, samples))
+    if opts.exclude_responses and opts.stage == "warmup":
+        steps.append(response_step(opts.exclude_responses, difficulty, samples))
     if opts.coarse_fine_mix is not None:
         steps.append(mix_step(opts.coarse_fine_mix, con))
     if opts.quota:
@@ -330,6 +354,9 @@ def select_stage(store: Store, opts: SelectOptions) -> SelectReport:
             _, skipped = write_json_records(record_rows(con, picked, "stage_samples"), out / name, opts.format, store.root,
                                             opts.template)
             files[name] = sha256_file(out / name)
+            if opts.format == "easyr1":  # EasyR1 applies the format prompt itself (data.format_prompt)
+                atomic_write(out / "easyr1" / FORMAT_PROMPT_FILE, opts.template)
+                files[f"easyr1/{FORMAT_PROMPT_FILE}"] = sha256_file(out / "easyr1" / FORMAT_PROMPT_FILE)
             if opts.format == "sharegpt":
                 info = out / "sharegpt" / "dataset_info.json"
                 atomic_write(info, json.dumps(llamafactory_dataset_info(f"pebr_{opts.stage}", f"{opts.stage}.json"), indent=2) + "\n")
@@ -376,6 +403,8 @@ def _write_manifest(store: Store, opts: SelectOptions, r: SelectReport, run_row:
         "drops": {"file": DROPS_FILE, "rows": sum(c.dropped for c in r.step_counts),
                   "columns": ["sample_id", "step", "reason"]},
         "zero_advantage": r.zero_advantage,
+        "format_prompt": {"text": opts.template, "sha256": hashlib.sha256(opts.template.encode()).hexdigest(),
+                          "default": opts.template == PROMPT_TEMPLATE},
         "run": {k: (_maybe_json(v) if k in ("config", "sampling") else v) for k, v in run_row.items()},
         "model": run_row.get("model"),
         "store": str(store.root),

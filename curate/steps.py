@@ -99,6 +99,18 @@ def dedup_step(difficulty: str, samples: str) -> Step:
                 reason="duplicate")
 
 
+def response_step(phrases: list[str], difficulty: str, samples: str) -> Step:
+    """Drop samples whose gold response contains any of `phrases` (case-insensitive): the reference
+    leaves reflection turns ("Let me rethink it") out of its warm-up SFT data."""
+    from curate.export import gold_response_sql
+
+    gold = f"lower({gold_response_sql('extra')})"
+    hit = " OR ".join(f"contains({gold}, {sql_literal(p.lower())})" for p in phrases)
+    return Step("response", f"gold responses without {sorted(phrases)}",
+                lambda rel: f"SELECT {_columns()} FROM {_full_rows(rel, difficulty, samples)} WHERE NOT coalesce({hit}, false)",
+                reason="response_excluded")
+
+
 def mix_targets(coarse: int, fine: int, mix: float) -> tuple[int, int]:
     """Largest (coarse, fine) counts available with coarse / (coarse + fine) as close to `mix`.
 

@@ -8,6 +8,8 @@ SFT (`prompt_text`). The format reward checks the sections the template asks for
 
 from __future__ import annotations
 
+from pathlib import Path
+
 PROMPT_TEMPLATE = (
     "Answer in sections that start with ###, in this order: "
     "### Image Description: (what the image shows) "
@@ -15,51 +17,143 @@ PROMPT_TEMPLATE = (
     "### Let's think step by step. "
     "### Step 1: ... ### Step 2: ... (as many steps as needed) "
     "### The final answer is: (only the final result).\n"
-    "{problem}"
+    "{{ content }}"
 )
-"""The instruction text; ``{problem}`` is replaced by the question (with its ``<image>`` marks)."""
+"""The toolkit's own format prompt; ``{{ content }}`` is the question (with its ``<image>`` marks)."""
 
 IMAGE_PLACEHOLDER = "<image>"
 """Where an image goes in a problem's text (the reference format's mark)."""
 
 _SENTINEL = "\x00PEBR-PROBLEM\x00"
+_WHITESPACE = "".join(chr(c) for c in range(0x3001) if chr(c).isspace())
+"""What Python's str.strip (Jinja's `trim`) removes; no code point above U+3000 is whitespace."""
+_PROBES = ("x", "", "  two words \n", "\t<image> mark\u3000", "a <image>\nb <image>", "{{ not jinja }}")
+
+
+class PromptTemplate:
+    """A format prompt in EasyR1's convention (`data.format_prompt`): a Jinja template over
+    ``content``, the problem text, stripped and rendered as EasyR1 renders it; the rendered text is
+    then split at its ``<image>`` marks.
+
+    The same template also gives the prompt as SQL (stage datasets): when it renders every problem
+    as fixed text around the problem (optionally trimmed), as most do, the SQL concatenates; any
+    other template is rendered by this object inside DuckDB (a Python function, slower).
+
+    >>> t = PromptTemplate("Q: {{ content | trim }} A:")
+    >>> t.render("  2 + 2?  "), t.mode, t.prefix, t.suffix
+    ('Q: 2 + 2? A:', 'trim', 'Q: ', ' A:')
+    >>> PromptTemplate("{{ content }}{{ content }}").mode
+    'python'
+    """
+
+    def __init__(self, text: str, source: str | None = None):
+        import jinja2
+        from jinja2 import meta
+        from jinja2.sandbox import SandboxedEnvironment
+
+        env = SandboxedEnvironment()
+        try:
+            names = meta.find_undeclared_variables(env.parse(text.strip()))
+            self._template = env.from_string(text.strip())
+        except jinja2.TemplateError as exc:
+            raise ValueError(f"the format prompt is not a valid Jinja template: {exc}") from None
+        if "content" not in names:
+            raise ValueError("the format prompt must use {{ content }} (the problem), as EasyR1's format prompts do")
+        if names - {"content"}:
+            raise ValueError(f"the format prompt may use only {{{{ content }}}}, not {sorted(names - {'content'})}")
+        self.text = text
+        self.source = source
+        """The file the template came from, if any."""
+        self.prefix, self.suffix, self.mode = "", "", "python"
+        try:
+            filled = self.render(_SENTINEL)
+        except jinja2.TemplateError as exc:
+            raise ValueError(f"the format prompt does not render: {exc}") from None
+        if filled.count(_SENTINEL) == 1:
+            prefix, _, suffix = filled.partition(_SENTINEL)
+            for mode, insert in (("linear", lambda p: p), ("trim", lambda p: p.strip())):
+                if all(self.render(p) == prefix + insert(p) + suffix for p in _PROBES):
+                    self.prefix, self.suffix, self.mode = prefix, suffix, mode
+                    break
+
+    def render(self, problem: str) -> str:
+        """The prompt text for one problem (before its ``<image>`` marks become image parts)."""
+        return self._template.render(content=problem)
+
+    def content_sql(self, problem: str) -> str:
+        """SQL of the problem as the template inserts it (`linear` and `trim` templates only)."""
+        return f"trim({problem}, {_literal(_WHITESPACE)})" if self.mode == "trim" else problem
+
+    def register(self, con) -> None:
+        """Make `pebr_render` available to `con` for a `python` template (a no-op otherwise)."""
+        if self.mode == "python":
+            con.create_function("pebr_render", self.render, ["VARCHAR"], "VARCHAR", side_effects=False)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, PromptTemplate) and other.text.strip() == self.text.strip()
+
+    def __hash__(self) -> int:
+        return hash(self.text.strip())
+
+    def __repr__(self) -> str:
+        return f"PromptTemplate({self.source or self.text[:40]!r}, mode={self.mode})"
+
+
+_CACHE: dict[str, PromptTemplate] = {}
+
+
+def as_template(template: str | PromptTemplate | None = None) -> PromptTemplate:
+    """`template` as a PromptTemplate (text is parsed once and cached); None is the default prompt."""
+    if isinstance(template, PromptTemplate):
+        return template
+    text = PROMPT_TEMPLATE if template is None else template
+    if text not in _CACHE:
+        _CACHE[text] = PromptTemplate(text)
+    return _CACHE[text]
 
 
 def check_template(template: str) -> str:
-    """`template` if it holds exactly one ``{problem}`` and nothing else to fill, else ValueError.
+    """`template` if it is a usable format prompt (Jinja over ``content`` only), else ValueError.
 
+    >>> check_template("Q: {{ content }}")
+    'Q: {{ content }}'
     >>> check_template("Q: {problem}")
-    'Q: {problem}'
-    >>> check_template("{problem} {problem}")
     Traceback (most recent call last):
     ...
-    ValueError: the prompt template must contain {problem} exactly once (write literal braces as {{ and }})
+    ValueError: the format prompt must use {{ content }} (the problem), as EasyR1's format prompts do
     """
-    try:
-        filled = template.format(problem=_SENTINEL)
-    except (KeyError, IndexError, ValueError) as exc:
-        raise ValueError(f"the prompt template does not format with only {{problem}}: {exc!r}") from None
-    if filled.count(_SENTINEL) != 1:
-        raise ValueError("the prompt template must contain {problem} exactly once (write literal braces as {{ and }})")
+    as_template(template)
     return template
 
 
-def template_parts(template: str) -> tuple[str, str]:
-    """The template's text before and after ``{problem}``, as `str.format` fills it."""
-    prefix, _, suffix = template.format(problem=_SENTINEL).partition(_SENTINEL)
-    return prefix, suffix
+def load_format_prompt(path: str | Path) -> str:
+    """The text of a format prompt file (a Jinja template over ``content``, e.g. the reference's
+    ``examples/format_prompt/pebr_format.jinja``), checked."""
+    from schemas.errors import PebrError
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PebrError(f"--format-prompt {path}: cannot read it ({exc.__class__.__name__})") from None
+    try:
+        check_template(text)
+    except ValueError as exc:
+        raise PebrError(f"--format-prompt {path}: {exc}") from None
+    return text
 
 
-def build_messages(problem: str, n_images: int = 1, template: str = PROMPT_TEMPLATE) -> list[dict]:
+def build_messages(problem: str, n_images: int = 1, template: str | PromptTemplate | None = None) -> list[dict]:
     """Chat messages for one question, in the multi-modal form of transformers' chat templates.
 
-    Each ``<image>`` mark in the text becomes an image part at that place; images without a mark
-    go first. ``n_images`` is the number of images the sample carries.
+    The format prompt renders the problem; each ``<image>`` mark in the text becomes an image part
+    at that place; images without a mark go first. ``n_images`` is the number of images the sample
+    carries.
 
-    >>> build_messages("How many <image> circles?", 1, template="{problem}")[0]["content"]
+    >>> build_messages("How many <image> circles?", 1, template="{{ content }}")[0]["content"]
     [{'type': 'text', 'text': 'How many '}, {'type': 'image'}, {'type': 'text', 'text': ' circles?'}]
     """
-    text = template.format(problem=problem)
+    text = as_template(template).render(problem)
     pieces = text.split(IMAGE_PLACEHOLDER)
     marks = len(pieces) - 1
     content: list[dict] = [{"type": "image"} for _ in range(max(0, n_images - marks))]
@@ -71,11 +165,11 @@ def build_messages(problem: str, n_images: int = 1, template: str = PROMPT_TEMPL
     return [{"role": "user", "content": content}]
 
 
-def prompt_text(problem: str, n_images: int = 1, template: str = PROMPT_TEMPLATE) -> str:
+def prompt_text(problem: str, n_images: int = 1, template: str | PromptTemplate | None = None) -> str:
     """The prompt of `build_messages` as one string with an ``<image>`` mark per image part (the
     form of ShareGPT / LLaMA-Factory datasets).
 
-    >>> prompt_text("Which colour?", 2, template="{problem}")
+    >>> prompt_text("Which colour?", 2, template="{{ content }}")
     '<image><image>Which colour?'
     """
     parts = build_messages(problem, n_images, template)[0]["content"]
@@ -109,35 +203,45 @@ def prompt_macro() -> str:
               lambda part: part.text IS NULL OR part.text <> ''))}}]"""
 
 
-def prompt_pieces_sql(problem: str, template: str = PROMPT_TEMPLATE) -> str:
-    """SQL splitting `template` filled with the `problem` column at its ``<image>`` marks."""
-    prefix, suffix = template_parts(template)
-    return f"string_split({_literal(prefix)} || {problem} || {_literal(suffix)}, {_literal(IMAGE_PLACEHOLDER)})"
+def prompt_pieces_sql(problem: str, template: str | PromptTemplate | None = None) -> str:
+    """SQL splitting the template rendered over the `problem` column at its ``<image>`` marks."""
+    t = as_template(template)
+    if t.mode == "python":
+        text = f"pebr_render({problem})"
+    else:
+        text = f"{_literal(t.prefix)} || {t.content_sql(problem)} || {_literal(t.suffix)}"
+    return f"string_split({text}, {_literal(IMAGE_PLACEHOLDER)})"
 
 
-def prompt_parts_sql(problem: str) -> str:
-    """SQL splitting the `problem` column at its ``<image>`` marks, for `prompt_sql(parts=...)`."""
-    return f"string_split({problem}, {_literal(IMAGE_PLACEHOLDER)})"
+def prompt_parts_sql(problem: str, template: str | PromptTemplate | None = None) -> str:
+    """SQL splitting the `problem` column, as `template` inserts it, at its ``<image>`` marks, for
+    `prompt_sql(parts=...)`."""
+    return f"string_split({as_template(template).content_sql(problem)}, {_literal(IMAGE_PLACEHOLDER)})"
 
 
-def prompt_sql(problem: str, n_images: str, template: str = PROMPT_TEMPLATE, parts: str | None = None) -> str:
-    """SQL for the chat prompt of `build_messages(problem, n_images, template)`, row by row.
+def prompt_sql(problem: str, n_images: str, template: str | PromptTemplate | None = None, parts: str | None = None) -> str:
+    """SQL for the chat prompt of `build_messages(problem, n_images, template)`, row by row (a
+    `python` template needs `template.register(con)` first).
 
     The common shapes (one image and no mark, or at most one image and one mark) are built from the
-    problem split at its marks (`parts`, a column holding `prompt_parts_sql(problem)`, computed once
-    per row by the caller; default: split here), specialised in Python to the template's fixed text;
-    any other row goes through the `pebr_prompt` macro (`prompt_macro`), whose list lambdas cost
-    several times more per row.
+    problem split at its marks (`parts`, a column holding `prompt_parts_sql(problem, template)`,
+    computed once per row by the caller; default: split here), specialised in Python to the
+    template's fixed text; any other row goes through the `pebr_prompt` macro (`prompt_macro`),
+    whose list lambdas cost several times more per row.
     """
-    general = f"pebr_prompt({prompt_pieces_sql(problem, template)}, {n_images})"
-    prefix, suffix = template_parts(template)
+    t = as_template(template)
+    general = f"pebr_prompt({prompt_pieces_sql(problem, t)}, {n_images})"
+    if t.mode == "python":
+        return general
+    prefix, suffix = t.prefix, t.suffix
+    problem = t.content_sql(problem)
     mark = IMAGE_PLACEHOLDER
     # The fast shapes count marks in the problem alone: a template that holds a mark, or could
     # complete one across its border with the problem, always takes the general path.
     straddles = any(prefix.endswith(mark[:i]) or suffix.startswith(mark[i:]) for i in range(1, len(mark)))
     if mark in prefix + suffix or straddles:
         return general
-    parts = parts or prompt_parts_sql(problem)
+    parts = parts or f"string_split({problem}, {_literal(IMAGE_PLACEHOLDER)})"
 
     def text(expr: str) -> str:
         return f"{{'type': 'text', 'text': {expr}}}"

@@ -98,10 +98,8 @@ class Demo:
         store, stages, models = self.out / "store", self.out / "stages", self.out / "models"
         for d in (store, stages, models, self.out / "eval"):
             shutil.rmtree(d, ignore_errors=True)
-        sc = self.recipe["score"]
         self.step("ingest", _argv("curate", "ingest", world / "train.jsonl", "--image-root", world, "--store", store))
-        self.step("score", _argv("curate", "score", "--model", warm, "--store", store,
-                                 *[a for k, v in sc.items() for a in (f"--{k.replace('_', '-')}", v)]))
+        self.step("score", _argv("curate", "score", "--model", warm, "--recipe", self.recipe_path, "--store", store))
         bands = {r["band"]: r["n"] for r in self.sql(store, "select band, count(*) as n from difficulty group by band")}
         by_cap = self.sql(store, "select s.capability, d.band, count(*) as n from difficulty d join samples s "
                                  "using (sample_id) group by all order by all")
@@ -126,10 +124,8 @@ class Demo:
         return self.summary(bands, by_cap, rollouts, steps * per_step)
 
     def _eval(self, model: Path, name: str) -> list[str]:
-        ev = self.recipe.get("eval") or {}
-        args = [a for k, v in ev.items() for a in (f"--{k.replace('_', '-')}", v)]
         return _argv("train", "eval", "--model", model, "--data", self._world_test(), "--json",
-                     self.out / "eval" / f"{name}.json", *args)
+                     self.out / "eval" / f"{name}.json", "--recipe", self.recipe_path)
 
     def _world_test(self) -> Path:
         return self.world / "test.jsonl"

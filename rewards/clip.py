@@ -1,7 +1,8 @@
 """The clip reward: how well the response's image description matches the image.
 
 A CLIP-family model (FG-CLIP large in the paper) embeds the image and the text between
-``### Image Description:`` and ``### Rationales:``; their cosine similarity becomes the reward. The
+``### Image Description:`` and ``### Rationales:``; their cosine similarity becomes the reward. A
+model with FG-CLIP's long text path reads up to 248 tokens through it, as the reference does. The
 model loads on the first call, so the reward is cheap to build and to pickle to worker processes.
 """
 
@@ -22,9 +23,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_CAPTION_RE = re.compile(r"### Image Description:(.*?)### Rationales:", re.DOTALL | re.IGNORECASE)
-# FG-CLIP reads captions longer than this with its long position table (its own README's rule).
-_FGCLIP_SHORT_TEXT = 100
+# The reference's pattern (examples/reward_function/pebr_1.py): any whitespace, or none, after ``###``.
+_CAPTION_RE = re.compile(r"###\s*Image Description:\s*(.*?)###\s*Rationales:", re.DOTALL | re.IGNORECASE)
 
 
 def extract_caption(response: str) -> str:
@@ -32,6 +32,8 @@ def extract_caption(response: str) -> str:
 
     >>> extract_caption("### image description: two red circles\\n### Rationales: count them")
     'two red circles'
+    >>> extract_caption("###Image Description: x ###Rationales: y")
+    'x'
     >>> extract_caption("### Rationales: no description")
     ''
     """
@@ -84,9 +86,13 @@ def load_image(item: Any, size: int = 336):
 class ClipReward:
     """TRL-style reward: ``similarity_to_reward`` of the description/image cosine similarity, 0.0 on failure.
 
-    ``model_path`` is a local directory loadable by transformers' ``AutoModel`` and
-    ``AutoProcessor`` (or ``AutoTokenizer`` + ``AutoImageProcessor``); the model must offer
-    ``get_image_features`` and ``get_text_features``. Images come as the ``images`` column (a list
+    ``model_path`` is a local directory loadable by transformers' ``AutoModel`` (or, for remote
+    code registered only there, ``AutoModelForCausalLM``, as FG-CLIP) and ``AutoProcessor`` (or
+    ``AutoTokenizer`` + ``AutoImageProcessor``); the model must offer ``get_image_features`` and
+    ``get_text_features``. A model whose ``get_text_features`` takes FG-CLIP's ``walk_short_pos``
+    reads ``text_max_tokens`` tokens through its long position table and long projection when they
+    do not fit its short table (the reference: 248 tokens, ``walk_short_pos=False``); other models
+    read at most their own ``max_position_embeddings``. Images come as the ``images`` column (a list
     of images per completion) or the ``image`` column. A response without a description, or whose
     image cannot be read, scores 0.0.
 
@@ -118,6 +124,7 @@ class ClipReward:
         self._tokenizer: Any = None
         self._image_processor: Any = None
         self._text_len = text_max_tokens
+        self._walk_short_pos: bool | None = None  # FG-CLIP's flag; None for models without it
 
     @classmethod
     def from_config(cls, cfg: RewardConfig) -> ClipReward:
@@ -185,8 +192,9 @@ class ClipReward:
             dtype = next(self._model.parameters()).dtype
             image_features = _features(self._model.get_image_features(pixel_values=pixels.to(self.device, dtype)))
             input_ids = text["input_ids"].to(self.device)
-            if "walk_short_pos" in inspect.signature(self._model.get_text_features).parameters:
-                out = self._model.get_text_features(input_ids, walk_short_pos=self._text_len <= _FGCLIP_SHORT_TEXT)
+            if self._walk_short_pos is not None:
+                # The reference's call: ids only; the causal mask and first-EOS pooling ignore padding.
+                out = self._model.get_text_features(input_ids, walk_short_pos=self._walk_short_pos)
             else:
                 mask = text.get("attention_mask")
                 out = self._model.get_text_features(
@@ -211,25 +219,12 @@ class ClipReward:
         if self._model is not None:
             return
         import torch
-        from transformers import (
-            AutoImageProcessor,
-            AutoModel,
-            AutoProcessor,
-            AutoTokenizer,
-        )
+        from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
 
         trust = self.allow_remote_code
         if self.device is None:
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        try:
-            model = AutoModel.from_pretrained(self.model_path, trust_remote_code=trust)
-        except ValueError:
-            if not trust:
-                raise
-            # FG-CLIP registers its model class only under AutoModelForCausalLM.
-            from transformers import AutoModelForCausalLM
-
-            model = AutoModelForCausalLM.from_pretrained(self.model_path, trust_remote_code=True)
+        model = _load_model(self.model_path, trust)
         try:
             processor = AutoProcessor.from_pretrained(self.model_path, trust_remote_code=trust)
         except Exception:
@@ -240,14 +235,65 @@ class ClipReward:
             tokenizer = AutoTokenizer.from_pretrained(self.model_path, trust_remote_code=trust)
         if image_processor is None:
             image_processor = AutoImageProcessor.from_pretrained(self.model_path, trust_remote_code=trust)
-        self._text_len = min(self.text_max_tokens, _text_limit(model, tokenizer))
+        self._text_len, self._walk_short_pos = _text_path(model, tokenizer, self.text_max_tokens)
         self._model = model.to(self.device).eval()
         self._tokenizer = tokenizer
         self._image_processor = image_processor
 
 
+def _load_model(path: str, trust: bool) -> Any:
+    """The model via ``AutoModel``, or ``AutoModelForCausalLM`` where the directory's own code registers only that."""
+    from transformers import AutoModel, AutoModelForCausalLM, PretrainedConfig
+
+    auto_map = PretrainedConfig.get_config_dict(path)[0].get("auto_map") or {}
+    own_code = sorted(key for key in auto_map if key.startswith("AutoModel"))
+    if own_code and not trust:
+        logger.warning("clip reward: %s ships model code %s; it runs only with allow_remote_code", path, own_code)
+    if trust and "AutoModel" not in auto_map and "AutoModelForCausalLM" in auto_map:
+        # FG-CLIP's config has model_type "clip", for which AutoModel can quietly build transformers'
+        # CLIPModel from its weights, without the long position table and projection.
+        return AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)
+    try:
+        return AutoModel.from_pretrained(path, trust_remote_code=trust)
+    except ValueError:
+        if not trust:
+            raise
+        return AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)
+
+
+def _text_path(model: Any, tokenizer: Any, wanted: int) -> tuple[int, bool | None]:
+    """Tokens to read and FG-CLIP's ``walk_short_pos`` flag (None when ``get_text_features`` has no such flag).
+
+    FG-CLIP keeps CLIP's short position table (``max_position_embeddings``, 77) and adds a long one
+    (248 positions) with its own projection, walked with ``walk_short_pos=False``. A length that
+    fits the short table walks the short one, as FG-CLIP's README does for 77-token captions.
+    """
+    short = _text_limit(model, tokenizer)
+    if "walk_short_pos" not in inspect.signature(model.get_text_features).parameters:
+        return min(wanted, short), None
+    if wanted <= short:
+        return wanted, True
+    # Without a table to measure, trust the configured length, as the reference trusts 248.
+    return min(wanted, _long_text_positions(model) or wanted), False
+
+
+def _long_text_positions(model: Any) -> int | None:
+    """Size of the largest position table of the model's text tower, if it has one to inspect."""
+    from torch import nn
+
+    text_model = getattr(model, "text_model", None)
+    if not isinstance(text_model, nn.Module):
+        return None
+    sizes = [
+        module.num_embeddings
+        for name, module in text_model.named_modules()
+        if isinstance(module, nn.Embedding) and "position" in name
+    ]
+    return max(sizes, default=None)
+
+
 def _text_limit(model: Any, tokenizer: Any) -> int:
-    """The longest text the model's position table holds."""
+    """The longest text the model's (short) position table holds."""
     config = model.config
     text_config = getattr(config, "text_config", None)
     for cfg in (text_config, config):

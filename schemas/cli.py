@@ -20,6 +20,12 @@ StoreOpt = Annotated[
 ]
 
 
+def default_option(help: str, value):
+    """An option whose default lives in an options class: None in the signature (so a recipe can set
+    it, and flags given override the recipe), the class's value shown in the help."""
+    return typer.Option(help=help, show_default=str(value))
+
+
 class OutFormat(str, Enum):
     table = "table"
     csv = "csv"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
 from schemas.errors import PebrError
@@ -141,3 +142,36 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
                 raise PebrError(f"override {item!r}: {parent} is set as a value and as a mapping")
         target[leaf] = parsed
     return out
+
+
+def load_recipe(path: str | Path | None) -> dict[str, Any]:
+    """A recipe YAML (pipelines/*.yaml) as a dict; {} for None."""
+    if path is None:
+        return {}
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise PebrError(f"--recipe {path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise PebrError(f"--recipe {path}: not YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise PebrError(f"--recipe {path}: expected a mapping at the top level")
+    return data
+
+
+def recipe_section(recipe: dict[str, Any], name: str) -> dict[str, Any]:
+    """The recipe's section `name` (a mapping; {} when absent), with the recipe's top-level
+    `format_prompt` unless the section sets its own.
+
+    >>> recipe_section({"format_prompt": "p.jinja", "score": {"n": 4}}, "score")
+    {'format_prompt': 'p.jinja', 'n': 4}
+    """
+    section = recipe.get(name) or {}
+    if not isinstance(section, dict):
+        raise PebrError(f"recipe section {name!r} must be a mapping")
+    if recipe.get("format_prompt") is not None:
+        section = {"format_prompt": recipe["format_prompt"], **section}
+    return dict(section)

@@ -12,6 +12,7 @@ import typer
 
 from schemas import TRAIN_STAGES
 from schemas.cli import console, progress_bar, run_app, status
+from schemas.cli import default_option as _opt
 from train.config import (
     EvalConfig,  # option defaults are read from it (cheap: no torch)
 )
@@ -33,20 +34,23 @@ def init_tiny(
     corpus: Annotated[Optional[Path], typer.Option(help="JSONL whose problem/response/answer texts train the tokenizer.")] = None,
     seed: Annotated[int, typer.Option(help="Weight and tokenizer seed.")] = 0,
     size: Annotated[Optional[list[str]], typer.Option(help="Override a TinyModelConfig field: key=value (repeatable).")] = None,
+    arch: Annotated[str, typer.Option(help="qwen2_vl | qwen2_5_vl (the paper's family: windowed vision attention).")] = "qwen2_vl",
 ) -> None:
-    """Build a tiny random-weight Qwen2-VL (offline, seconds) that Auto classes and vLLM load.
+    """Build a tiny random-weight Qwen2-VL or Qwen2.5-VL (offline, seconds) that Auto classes and vLLM load.
 
-    Example: train init-tiny --out models/tiny --corpus world/train.jsonl
+    Example: train init-tiny --out models/tiny25 --arch qwen2_5_vl --corpus world/train.jsonl
     """
     import json
 
     from schemas.config import parse_overrides
-    from train.tiny import build_tiny_model
+    from schemas.errors import PebrError
+    from train.tiny import ARCHS, build_tiny_model
+
+    if arch not in ARCHS:
+        raise PebrError(f"--arch {arch!r}: choose one of {', '.join(ARCHS)}")
 
     texts = None
     if corpus is not None:
-        from schemas.errors import PebrError
-
         if not corpus.is_file():
             raise PebrError(f"--corpus {corpus}: no such file")
         texts = []
@@ -56,12 +60,11 @@ def init_tiny(
                 texts += [str(rec[k]) for k in ("problem", "response", "answer") if rec.get(k) is not None]
     with status("building the tiny model"):
         try:
-            path = build_tiny_model(out, corpus=texts, seed=seed, **parse_overrides(size or []))
+            path = build_tiny_model(out, corpus=texts, seed=seed, arch=arch, **parse_overrides(size or []))
         except (TypeError, ValueError) as exc:
-            from schemas.errors import PebrError
-
             raise PebrError(f"--size: {exc}") from None
-    console().print(f"tiny Qwen2-VL written to [bold]{path}[/bold]")
+    name = {"qwen2_vl": "Qwen2-VL", "qwen2_5_vl": "Qwen2.5-VL"}[arch]
+    console().print(f"tiny {name} written to [bold]{path}[/bold]")
 
 
 @app.command()
@@ -98,6 +101,8 @@ def run(
     from train.grpo import run_stage
 
     r = run_stage(model, data, out, cfg, image_root=image_root, resume=resume, callbacks=[_progress_callback()])
+    if r.skipped:
+        out_console.print(f"[yellow]not trained on: {r.skipped}[/yellow]")
     fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
     out_console.print(f"{stage}: {r.steps} steps in {r.seconds:.0f} s; model in [bold]{out}[/bold]")
     out_console.print(f"zero-advantage groups: predicted {fmt(r.predicted_zero_adv)}, observed {fmt(r.observed_zero_adv)}")
@@ -137,12 +142,15 @@ def _progress_callback():
 def eval_(
     model: Annotated[Path, typer.Option(help="Model directory.")],
     data: Annotated[Path, typer.Option(help="Held-out records (JSONL/Parquet) or a stage dataset dir.")],
-    temperature: Annotated[float, typer.Option(help="0 = greedy; the paper validates at 0.5.")] = _EV.temperature,
-    top_p: Annotated[float, typer.Option(help="Nucleus mass when sampling.")] = _EV.top_p,
-    max_new_tokens: Annotated[int, typer.Option(help="Longest answer.")] = _EV.max_new_tokens,
-    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = _EV.batch_size,
-    limit: Annotated[Optional[int], typer.Option(help="Only the first N records.")] = _EV.limit,
-    seed: Annotated[int, typer.Option(help="Run seed: a question's seed derives from (seed, sample id), as in curate score.")] = _EV.seed,
+    temperature: Annotated[Optional[float], _opt("0 = greedy; the paper validates at 0.5.", _EV.temperature)] = None,
+    top_p: Annotated[Optional[float], _opt("Nucleus mass when sampling.", _EV.top_p)] = None,
+    max_new_tokens: Annotated[Optional[int], _opt("Longest answer.", _EV.max_new_tokens)] = None,
+    batch_size: Annotated[Optional[int], _opt("Sequences per forward pass.", _EV.batch_size)] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Only the first N records.")] = None,
+    seed: Annotated[Optional[int], _opt("Run seed: a question's seed derives from (seed, sample id), as in curate score.", _EV.seed)] = None,
+    format_prompt: Annotated[Optional[Path], typer.Option(help="Format prompt file (Jinja over `content`, EasyR1's convention) for records without a prompt; use the one the model was trained with.")] = None,
+    recipe: Annotated[Optional[Path], typer.Option(help="Recipe YAML: its `eval` section gives the settings; flags override them.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override an EvalConfig field: key=value (repeatable).")] = None,
     image_root: Annotated[Optional[Path], typer.Option(help="Folder image paths are relative to.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON here.")] = None,
     responses: Annotated[Optional[Path], typer.Option(help="Write every response with its grade (JSONL).")] = None,
@@ -156,10 +164,14 @@ def eval_(
 
     from rich.table import Table
 
+    from schemas.config import merge
+    from train.config import load_recipe, parse_overrides, stage_config
     from train.evaluate import evaluate
 
-    cfg = EvalConfig(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                     limit=limit, seed=seed)
+    flags = dict(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, batch_size=batch_size, limit=limit,
+                 seed=seed, format_prompt=str(format_prompt) if format_prompt else None)
+    cfg = stage_config("eval", load_recipe(recipe),
+                       merge(parse_overrides(set_ or []), {k: v for k, v in flags.items() if v is not None}))
     with progress_bar(unit="prompts") as bar:
         task = bar.add_task("eval", total=None)
 

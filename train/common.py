@@ -117,5 +117,6 @@ def fit(trainer, processor, out: Path, resume: bool, quiet: bool) -> float:
     trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.monotonic() - started
     trainer.save_model(str(out))
-    processor.save_pretrained(str(out))
+    if trainer.is_world_process_zero():  # one writer of the processor files under several processes
+        processor.save_pretrained(str(out))
     return seconds

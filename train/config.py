@@ -8,13 +8,12 @@ accumulation from question counts), the derivation is a named function with a do
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from generation.base import SamplingConfig
 from rewards.config import RewardConfig
 from schemas import GRPO_STAGES, TRAIN_STAGES
-from schemas.config import build, merge, parse_overrides
+from schemas.config import build, load_recipe, merge, parse_overrides, recipe_section
 from schemas.errors import PebrError
 
 
@@ -52,6 +51,9 @@ class WarmupConfig:
     """Stop after this many steps (-1: run all epochs)."""
     seed: int = 1
     """Seed for data order, dropout and initialisation of anything new."""
+    format_prompt: str | None = None
+    """A format prompt file (Jinja over ``content``, EasyR1's convention) for records without a prompt
+    (default: a stage dataset's own, else the toolkit's instruction)."""
 
 
 @dataclass
@@ -88,6 +90,23 @@ class GRPOStageConfig:
     """Token-mean over the update batch (TRL's ``dapo``: normalised by the batch's active tokens)."""
     scale_rewards: str = "group"
     """Advantage = (r - mean_group) / (std_group + eps), as the paper."""
+    advantage_epsilon: float = 1e-6
+    """The eps of the advantage's denominator: the reference's 1e-6. TRL 1.16 hard-codes 1e-4, so the stage's
+    trainer rescales TRL's advantages to this value; it matters for groups whose rewards barely differ
+    (a continuous perception reward): at std 1e-5, 1e-4 shrinks the advantages about tenfold."""
+    use_bias_correction_kl: bool = False
+    """Multiply the k3 KL term by the importance ratio pi/pi_old, the unbiased reverse-KL gradient of DeepSeek-V3.2.
+    TRL's default is True; the reference's verl ``low_var_kl`` has no importance-ratio factor, so False matches the
+    paper. The factor changes the KL gradient even on-policy: the ratio is 1 there, its derivative is not."""
+    vllm_importance_sampling_correction: bool = False
+    """With ``use_vllm``: reweight each rollout by the ratio of the trainer's to vLLM's probabilities (TRL's default
+    is True: sequences whose ratio is over 3 are masked out). The reference has no such step (it takes vLLM's
+    rollouts as the policy's own), so False matches the paper."""
+    max_prompt_length: int | None = 2048
+    """Prompts longer than this many tokens, as the model sees them (chat template and image tokens at the
+    stage's pixel bounds), are dropped before training and counted in the run record as ``prompt_too_long``,
+    as the reference does (EasyR1's ``filter_overlong_prompts``, ``max_prompt_length: 2048`` in its recipes).
+    None keeps every prompt."""
     rollout_batch_questions: int = 512
     """Questions per rollout (generation) batch: 560 in stage 1, 512 in stage 2."""
     update_batch_questions: int = 128
@@ -114,6 +133,9 @@ class GRPOStageConfig:
     """Use bfloat16; None means: when a GPU supports it."""
     gradient_checkpointing: bool = False
     """Trade compute for memory on big models."""
+    format_prompt: str | None = None
+    """A format prompt file (Jinja over ``content``, EasyR1's convention) for records without a prompt
+    (default: a stage dataset's own, else the toolkit's instruction)."""
     rewards: RewardConfig = field(default_factory=RewardConfig)
     """The reward settings (thresholds, weights, the alignment model: `rewards.config.RewardConfig`);
     in a recipe a mapping, on the command line `--set rewards.clip_model_path=/models/FG-CLIP`."""
@@ -147,6 +169,9 @@ class EvalConfig:
     """Largest image area the processor resizes to (scoring's bound)."""
     dtype: str = "auto"
     """Model dtype: auto (the checkpoint's), bfloat16 or float32."""
+    format_prompt: str | None = None
+    """A format prompt file (Jinja over ``content``) for the questions (default: the data's own, else
+    the toolkit's instruction); use the one the model was trained and scored with."""
 
     def sampling(self) -> SamplingConfig:
         """The engine's sampling parameters: one answer per question."""
@@ -163,30 +188,17 @@ STAGE_DEFAULTS: dict[str, dict[str, Any]] = {  # keys: GRPO_STAGES
 
 def stage_config(stage: str, recipe: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None) -> Any:
     """The config of a stage: paper defaults, then the recipe's section for the stage, then overrides
-    (nested settings such as `rewards` are merged key by key)."""
-    section = (recipe or {}).get(stage) or {}
-    if not isinstance(section, dict):
-        raise PebrError(f"recipe section {stage!r} must be a mapping")
+    (nested settings such as `rewards` are merged key by key). A recipe's top-level `format_prompt`
+    applies to every stage that does not set its own."""
+    section = recipe_section(recipe or {}, stage)
+    if stage == "eval":
+        return build(EvalConfig, merge(section, overrides or {}), "eval")
     if stage == "warmup":
         return build(WarmupConfig, merge(section, overrides or {}), "warmup")
     if stage not in GRPO_STAGES:
         raise PebrError(f"unknown stage {stage!r}; expected one of {', '.join(TRAIN_STAGES)}")
     values = merge(merge(STAGE_DEFAULTS[stage], section), overrides or {})
     return build(GRPOStageConfig, values, stage)
-
-
-def load_recipe(path: Path | None) -> dict[str, Any]:
-    """A recipe YAML (pipelines/*.yaml) as a dict; {} for None."""
-    if path is None:
-        return {}
-    import yaml
-
-    if not Path(path).is_file():
-        raise PebrError(f"--recipe {path}: no such file")
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    if not isinstance(data, dict):
-        raise PebrError(f"--recipe {path}: expected a mapping at the top level")
-    return data
 
 
 __all__ = ["EvalConfig", "GRPOStageConfig", "STAGE_DEFAULTS", "WarmupConfig", "build", "load_recipe", "parse_overrides",

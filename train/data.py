@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from generation.prompt import PROMPT_TEMPLATE, build_messages
+from generation.prompt import PROMPT_TEMPLATE, as_template, build_messages
 from schemas import STAGE_SHARDS
 from schemas.errors import PebrError
 
@@ -134,11 +134,30 @@ def _clean_message(m: dict) -> dict:
     return {"role": m["role"], "content": content}
 
 
-def load_sft(path: Path, image_root: Path | None = None, template: str = PROMPT_TEMPLATE):
-    """Prompt-completion rows for warm-up SFT, and a report of records without a gold response."""
+def format_prompt_text(path: str | Path | None) -> str | None:
+    """The text of the format prompt file a config names (None: none named)."""
+    from generation.prompt import load_format_prompt
+
+    return None if path is None else load_format_prompt(path)
+
+
+def _format_prompt(template: str | None, manifest: dict | None, path: Path) -> str:
+    """The format prompt for records without a `prompt`: `template`, else the stage dataset's, else
+    the default. A stage dataset's prompts were built with its own; another one is refused."""
+    built = ((manifest or {}).get("format_prompt") or {}).get("text")
+    if template is not None and built is not None and as_template(template) != as_template(built):
+        raise PebrError(f"{path} was selected with another format prompt than the one asked for; select the stage "
+                        "again with `curate select --format-prompt FILE`, or train without --format-prompt")
+    return template or built or PROMPT_TEMPLATE
+
+
+def load_sft(path: Path, image_root: Path | None = None, template: str | None = None):
+    """Prompt-completion rows for warm-up SFT, and a report of records without a gold response.
+    `template` is the format prompt (default: the stage dataset's, else the toolkit's)."""
     import datasets
 
     records, root, manifest = _records(path)
+    template = _format_prompt(template, manifest, path)
     root = image_root or root
     report = LoadReport(source=str(path), manifest=manifest)
     prompts, completions, images = [], [], []
@@ -151,7 +170,7 @@ def load_sft(path: Path, image_root: Path | None = None, template: str = PROMPT_
                 report.skip("no_gold_response")
                 continue
             imgs = _images(rec, root)
-            prompt = build_messages(str(user["content"]), len(imgs), "{problem}")
+            prompt = build_messages(str(user["content"]), len(imgs), "{{ content }}")  # the turn is the whole prompt
             gold = str(reply["content"])
         else:
             gold = _gold(rec)
@@ -174,11 +193,13 @@ def load_sft(path: Path, image_root: Path | None = None, template: str = PROMPT_
     return ds, report
 
 
-def load_rl(path: Path, image_root: Path | None = None, template: str = PROMPT_TEMPLATE):
-    """Rows for GRPO and evaluation: `prompt`, `images`, and the reward columns."""
+def load_rl(path: Path, image_root: Path | None = None, template: str | None = None):
+    """Rows for GRPO and evaluation: `prompt`, `images`, and the reward columns. `template` is the
+    format prompt (default: the stage dataset's, else the toolkit's)."""
     import datasets
 
     records, root, manifest = _records(path)
+    template = _format_prompt(template, manifest, path)
     root = image_root or root
     report = LoadReport(source=str(path), manifest=manifest)
     cols: dict[str, list] = {k: [] for k in ("prompt", "images", "answer", "key_words", "sample_id", "source", "capability")}

@@ -37,11 +37,11 @@ def evaluate(model_dir: Path, data: Path, cfg: EvalConfig, image_root: Path | No
     from generation import EngineOptions, Request, load_engine, rollout_seed
     from rewards import accuracy_reward, format_reward
     from schemas.errors import PebrError
-    from train.data import load_rl
+    from train.data import format_prompt_text, load_rl
 
     if engine is None and not Path(model_dir).is_dir():
         raise PebrError(f"--model {model_dir}: not a model directory")
-    ds, _ = load_rl(data, image_root)
+    ds, _ = load_rl(data, image_root, format_prompt_text(cfg.format_prompt))
     if cfg.limit:
         ds = ds.select(range(min(cfg.limit, len(ds))))
     sampling = cfg.sampling()

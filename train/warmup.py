@@ -37,10 +37,10 @@ def run_warmup(model_dir: Path, data: Path, out: Path, cfg: WarmupConfig, image_
         use_bf16,
         write_run_record,
     )
-    from train.data import load_sft
+    from train.data import format_prompt_text, load_sft
 
     set_seed(cfg.seed)
-    dataset, report = load_sft(data, image_root)
+    dataset, report = load_sft(data, image_root, format_prompt_text(cfg.format_prompt))
     model, processor = load_vlm(model_dir, train=True)
     if cfg.freeze_vision:
         freeze_vision_tower(model)

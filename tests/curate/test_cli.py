@@ -76,3 +76,25 @@ def test_nothing_readable_exits_nonzero(tmp_path):
     (tmp_path / "junk.jsonl").write_text("{nope\n[1]\n")
     r = run("curate.cli", "ingest", str(tmp_path / "junk.jsonl"), "--image-root", str(tmp_path), "--store", str(tmp_path / "s"))
     assert r.returncode == 1 and "no record could be read" in r.stderr
+
+
+def test_a_recipe_section_gives_the_settings_and_flags_override_it(tmp_path):
+    from conftest import small_store
+
+    store = small_store(tmp_path, n=4)
+    dump = tmp_path / "rollouts.jsonl"
+    qids = [q for (q,) in store.connect().execute("select qid from samples").fetchall()]
+    dump.write_text("".join(json.dumps({"qid": q, "response": "r", "score": {"accuracy": float(i < j)}}) + "\n"
+                            for j, q in enumerate(qids) for i in range(4)))
+    assert run("curate.cli", "import-rollouts", str(dump), "--store", str(store.root)).returncode == 0
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("select:\n  seed: 7\n  group_size: 4\n  hard_max: 0.25\n")
+    r = run("curate.cli", "select", "--stage", "reasoning", "--out", str(tmp_path / "s"), "--recipe", str(recipe),
+            "--seed", "9", "--store", str(store.root))
+    assert r.returncode == 0, r.stderr
+    options = json.loads((tmp_path / "s" / "manifest.json").read_text())["options"]
+    assert (options["seed"], options["group_size"], options["hard_max"]) == (9, 4, 0.25)  # the flag beats the recipe
+    recipe.write_text("select:\n  seeds: 7\n")
+    r = run("curate.cli", "select", "--stage", "reasoning", "--out", str(tmp_path / "t"), "--recipe", str(recipe),
+            "--store", str(store.root))
+    assert r.returncode == 2 and "unknown setting(s) ['seeds']" in r.stderr and "Traceback" not in r.stderr

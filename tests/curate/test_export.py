@@ -309,7 +309,7 @@ def test_sharegpt_records_one_mark_per_image_and_skip_without_response(tmp_path,
             json_row(2, [rels[0], rels[1], rels[2]], problem="Compare <image> with the others", response="r2"),
             json_row(3, [rels[2]], response=""),
             json_row(4, [rels[1], rels[2]], problem="No mark here", response="r4")]
-    template = "Q: {problem} A:"
+    template = "Q: {{ content }} A:"
     assert write_json_records(iter(rows), path, "sharegpt", store_root, template) == (3, 2)
     recs = json.loads(path.read_text(encoding="utf-8"))
     name = [f"images/{Path(r).name}" for r in rels]
@@ -369,7 +369,7 @@ def test_shards_are_consecutive_parts_of_the_seeded_order(tmp_path, root):
     con = duckdb.connect()
     order = shard_tables(con, root, 10)
     assert order != sorted(order), "the rank, not the sample id, orders the rows"
-    kw = dict(images="path", template="Q: {problem}", rows=10)
+    kw = dict(images="path", template="Q: {{ content }}", rows=10)
     (tmp_path / "many").mkdir()
     (tmp_path / "one").mkdir()
     assert write_shards(con, "picked", "samples", tmp_path / "many", store_root, shard_rows=4, workers=2, **kw) == (
@@ -389,7 +389,7 @@ def test_shards_are_consecutive_parts_of_the_seeded_order(tmp_path, root):
         i = int(row["sample_id"][1:])
         prompt = [{"role": m["role"], "content": [{k: v for k, v in p.items() if v is not None} for p in m["content"]]}
                   for m in row["prompt"]]
-        assert prompt == build_messages(row["problem"], len(row["images"]), "Q: {problem}")
+        assert prompt == build_messages(row["problem"], len(row["images"]), "Q: {{ content }}")
         assert row["response"] == (f"gold {i}" if i % 3 == 0 else None)
         assert (row["k"], row["answer"], row["pass_rate"]) == (i, str(i), i / 8)
         assert [im["path"] for im in row["images"]] == [
@@ -402,7 +402,7 @@ def test_no_rows_is_one_empty_shard(tmp_path, root):
     con = duckdb.connect()
     shard_tables(con, root, 3)
     con.execute("DELETE FROM picked")
-    assert write_shards(con, "picked", "samples", tmp_path, store_root, images="path", template="{problem}",
+    assert write_shards(con, "picked", "samples", tmp_path, store_root, images="path", template="{{ content }}",
                         shard_rows=4, rows=0, workers=2) == (0, ["train-00000-of-00001.parquet"])
     t = pq.read_table(tmp_path / "train-00000-of-00001.parquet")
     assert t.num_rows == 0 and tuple(t.column_names) == STAGE_COLUMNS
@@ -426,7 +426,7 @@ def test_a_failing_shard_removes_every_shard(tmp_path, root, monkeypatch):
     monkeypatch.setattr(export, "write_parquet", spy)
     (tmp_path / "keep.txt").write_text("not a shard")
     with pytest.raises(PebrError, match="image images/zz/missing.png is missing"):
-        write_shards(con, "picked", "samples", tmp_path, store_root, images="embed", template="{problem}",
+        write_shards(con, "picked", "samples", tmp_path, store_root, images="embed", template="{{ content }}",
                      shard_rows=3, rows=9, workers=1)
     assert written == [(shard_name(0, 3), True), (shard_name(1, 3), True)]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt", "store"], "no shard and no .tmp file is left"

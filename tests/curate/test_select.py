@@ -143,8 +143,8 @@ def test_filters_mix_dedup_and_where(tmp_path, mixed):
         select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "bad", where="nope > 1"))
     with pytest.raises(PebrError, match="already holds"):
         select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "w"))
-    for bad in ("{problem}{problem}", "{{problem}} only", "{x} {problem}", "no placeholder"):
-        with pytest.raises(PebrError, match="prompt template"):
+    for bad in ("{{ content }} {{ other }}", "{{ content ", "{problem}", "no placeholder"):
+        with pytest.raises(PebrError, match="format prompt"):
             select_stage(mixed, SelectOptions(stage="perception", out=tmp_path / "w", force=True, template=bad))
     assert _shards(tmp_path / "w"), "a refused selection leaves the existing dataset alone"
     assert mix_targets(3, 100, 0.25) == (3, 9)
@@ -383,3 +383,48 @@ def test_images_column_for_any_number_of_images(tmp_path, mode):
                                    "generate_subscripts(?, 1) AS o) ORDER BY o", [lists, lists]).fetchall()
     prefix = "" if mode == "embed" else tmp_path.absolute().as_posix() + "/"
     assert [g for (g,) in got] == [[{"bytes": None, "path": prefix + p} for p in paths] for paths in lists]
+
+
+def test_a_format_prompt_file_reaches_the_prompts_the_exports_and_training(tmp_path, mixed):
+    from curate.select import select_options
+    from generation.prompt import build_messages
+    from train.data import load_rl
+
+    prompt = tmp_path / "pebr_format.jinja"
+    prompt.write_text("Describe, reason, answer.\n\n{{ content | trim }}\n")
+    r = select_stage(mixed, select_options("perception", tmp_path / "p", {"format_prompt": str(prompt), "format": "easyr1",
+                                                                          "cap": 3}))
+    rows = _table(r.out).to_pylist()
+    for row in rows:
+        got = [{"role": m["role"], "content": [{k: v for k, v in part.items() if v is not None} for part in m["content"]]}
+               for m in row["prompt"]]
+        assert got == build_messages(row["problem"], 1, prompt.read_text())
+        assert got[0]["content"][0]["text"].startswith("Describe, reason, answer.\n\n" + row["problem"].split("<image>")[0])
+    manifest = json.loads((r.out / "manifest.json").read_text())
+    assert manifest["format_prompt"]["text"] == prompt.read_text() and not manifest["format_prompt"]["default"]
+    # EasyR1 applies its format prompt itself: the JSON keeps the problem, the template travels beside it.
+    assert (r.out / "easyr1" / "format_prompt.jinja").read_text() == prompt.read_text()
+    assert [rec["problem"] for rec in json.loads((r.out / "easyr1" / "train.json").read_text())] == [row["problem"] for row in rows]
+    # Training reads the prompts as selected, and refuses to mix in another format prompt.
+    ds, _ = load_rl(r.out, template=prompt.read_text())
+    assert len(ds) == 3
+    with pytest.raises(PebrError, match="another format prompt"):
+        load_rl(r.out, template="Other: {{ content }}")
+
+
+def test_warmup_leaves_out_reflection_responses_as_the_reference(tmp_path):
+    specs = [{"qid": "h1", "k": 0, "n": 8, "response": "### Step 1: I think I have made a mistake. Let me RETHINK it."},
+             {"qid": "h2", "k": 0, "n": 8, "response": "### The final answer is: 3"},
+             {"qid": "h3", "k": 0, "n": 8}]
+    store = build_store(tmp_path, specs)
+    phrases = ["let me rethink it"]
+    r = select_stage(store, SelectOptions(stage="warmup", out=tmp_path / "w", exclude_responses=phrases, format="sharegpt"))
+    assert r.rows == 2 and r.steps == {"band": 3, "response": 2}
+    drops = pq.read_table(r.out / "select_drops.parquet").to_pylist()
+    assert [d["reason"] for d in drops] == ["response_excluded"]
+    texts = [m["messages"][1]["content"] for m in json.loads((r.out / "sharegpt" / "warmup.json").read_text())]
+    assert texts == ["### The final answer is: 3"] and r.skipped_no_response == 1
+    # The GRPO stages use no gold response: the option adds no step there.
+    rl = select_stage(store, SelectOptions(stage="reasoning", out=tmp_path / "r", exclude_responses=phrases, hard_max=0.0,
+                                           easy_min=1.0, where="true"))
+    assert "response" not in rl.steps

@@ -109,7 +109,7 @@ def test_unknown_settings_are_refused_with_the_known_ones(stage, cls):
 
 
 def test_unknown_stage():
-    for stage in ("eval", "stage1", "Perception", ""):
+    for stage in ("stage1", "Perception", ""):
         with pytest.raises(PebrError, match=re.escape(f"unknown stage {stage!r}; expected one of warmup, perception, reasoning")):
             stage_config(stage)
 
@@ -230,3 +230,29 @@ def test_every_reward_setting_is_reachable_from_recipes_and_overrides():
         stage_config("reasoning", {}, parse_overrides(["rewards.lenght_limit=3"]))
     with pytest.raises(PebrError, match="max_steps must be int, not 'abc'"):
         stage_config("reasoning", {}, parse_overrides(["max_steps=abc"]))
+
+
+def test_one_recipe_drives_every_step(tmp_path):
+    """pebr.yaml's score, select and eval sections are read by the commands, and a top-level
+    format_prompt reaches every stage that does not set its own."""
+    from curate.score import score_options
+    from curate.select import select_options
+    from schemas.config import recipe_section
+
+    recipe = load_recipe(Path(__file__).resolve().parents[2] / "pipelines" / "pebr.yaml")
+    opts = score_options("m", recipe_section(recipe, "score"))
+    assert (opts.engine, opts.sampling.n, opts.sampling.temperature, opts.sampling.top_p) == ("vllm", 8, 1.2, 0.99)
+    sel = select_options("reasoning", tmp_path, recipe_section(recipe, "select"))
+    assert (sel.easy_min, sel.hard_max, sel.group_size) == (1.0, 0.0, 8)
+    ev = stage_config("eval", recipe)
+    assert (ev.temperature, ev.max_new_tokens) == (0.5, 2048)
+    prompt = tmp_path / "p.jinja"
+    prompt.write_text("Q: {{ content }}")
+    with_prompt = {**recipe, "format_prompt": str(prompt)}
+    assert stage_config("reasoning", with_prompt).format_prompt == str(prompt)
+    assert stage_config("eval", with_prompt).format_prompt == str(prompt)
+    assert score_options("m", recipe_section(with_prompt, "score")).template == "Q: {{ content }}"
+    with pytest.raises(PebrError, match=r"score: unknown setting\(s\) \['nn'\]"):
+        score_options("m", {"nn": 3})
+    with pytest.raises(PebrError, match="n must be int"):
+        score_options("m", {"n": "eight"})

@@ -148,7 +148,7 @@ def test_rl_records_are_normalised_and_unusable_ones_counted(tmp_path):
         {**record("q5", key_words=None), "sample_id": "given"},
     ]
     path = write_jsonl(tmp_path / "rl.jsonl", rows)
-    ds, report = load_rl(path, template="{problem}")
+    ds, report = load_rl(path, template="{{ content }}")
     assert (report.rows, report.skipped, report.manifest) == (3, {"no_problem_or_answer": 2}, None)
     assert ds["answer"] == ["5", "blue", "3"]
     assert ds["key_words"] == [["square"], ["1", "2.5"], []]
@@ -174,7 +174,7 @@ def test_images_without_a_mark_go_first(tmp_path):
     make_image(tmp_path / "a.png", color=RED)
     make_image(tmp_path / "b.png", color=BLUE)
     ds, _ = load_rl(write_jsonl(tmp_path / "d.jsonl", [record("q1", problem="Compare them.", images=["a.png", "b.png"])]),
-                    template="{problem}")
+                    template="{{ content }}")
     assert ds[0]["prompt"][0]["content"] == [{"type": "image", "text": None}, {"type": "image", "text": None},
                                              {"type": "text", "text": "Compare them."}]
     assert [pixel(i) for i in ds[0]["images"]] == [RED, BLUE]
@@ -240,7 +240,7 @@ def test_sft_gold_response_from_response_or_extra(tmp_path):
         record("q5"),
         {"qid": "q6", "answer": "1", "images": ["a.png"], "response": "no problem"},
     ]
-    ds, report = load_sft(write_jsonl(tmp_path / "sft.jsonl", rows), template="Q: {problem}")
+    ds, report = load_sft(write_jsonl(tmp_path / "sft.jsonl", rows), template="Q: {{ content }}")
     assert (report.rows, report.skipped) == (3, {"no_gold_response": 2, "no_problem": 1})
     assert [c[0]["content"][0]["text"] for c in ds["completion"]] == ["gold one", "gold from extra", "gold from a dict"]
     assert ds[0]["completion"] == [{"role": "assistant", "content": [{"type": "text", "text": "gold one"}]}]
@@ -262,7 +262,7 @@ def test_sft_sharegpt_messages(tmp_path):
     ]
     path = tmp_path / "warmup.json"
     path.write_text(json.dumps(rows))  # LLaMA-Factory's JSON array
-    ds, report = load_sft(path, template="IGNORED {problem}")
+    ds, report = load_sft(path, template="IGNORED {{ content }}")
     assert (report.rows, report.skipped) == (2, {"no_gold_response": 2})
     # the user turn is already the full prompt: the template is not applied again
     assert ds[0]["prompt"] == [{"role": "user", "content": [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -63,7 +64,10 @@ def test_files_and_config(tiny, loaded):
     assert sum(text.rope_parameters["mrope_section"]) == head_dim // 2
     assert model.config.vision_config.patch_size == 14
     assert model.config.vision_config.spatial_merge_size == 2
+    assert model.config.vision_config.depth == 1
     assert sum(p.numel() for p in model.parameters()) < 5_000_000
+    record = json.loads((tiny / "tiny_config.json").read_text())
+    assert record["arch"] == "qwen2_vl" and "window_size" not in record  # the default arch, no Qwen2.5-VL fields
 
 
 def test_tokenizer_learns_the_corpus(loaded):
@@ -151,3 +155,7 @@ def test_builtin_corpus_and_size_options(tmp_path):
         build_tiny_model(tmp_path / "bad", hidden_size=64, num_attention_heads=4)
     with pytest.raises(TypeError, match="unknown"):
         build_tiny_model(tmp_path / "bad", hidden=3)
+    with pytest.raises(ValueError, match="only apply to arch qwen2_5_vl"):
+        build_tiny_model(tmp_path / "bad", window_size=112)
+    with pytest.raises(ValueError, match="unknown arch"):
+        build_tiny_model(tmp_path / "bad", arch="qwen3_vl")
