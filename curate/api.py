@@ -52,12 +52,14 @@ class StoreView:
         return self.store.root
 
     # -- reading ----------------------------------------------------------------------------
-    def sql(self, query: str) -> pl.DataFrame:
+    def sql(self, query: str, *, memory_limit: str | None = None) -> pl.DataFrame:
         """Read-only SQL over the views samples, rejects, rollouts, runs and difficulty (and the
-        macros band, p_degenerate, wilson_low/high), exactly as `curate sql` runs it."""
-        from curate.sql import run_query
+        macros band, p_degenerate, wilson_low/high), exactly as `curate sql` runs it: one SELECT,
+        which reaches no file, URL or setting beyond the views; an interrupt (Ctrl-C, a notebook's
+        stop button) cancels it. `memory_limit` as `curate sql --memory-limit` (default 2GB)."""
+        from curate.sql import DEFAULT_MEMORY_LIMIT, run_query
 
-        return pl.from_arrow(run_query(self.store, query))
+        return pl.from_arrow(run_query(self.store, query, memory_limit=memory_limit or DEFAULT_MEMORY_LIMIT))
 
     def runs(self) -> pl.DataFrame:
         """The committed runs (ingest, score, import, regrade), oldest first."""
@@ -205,4 +207,6 @@ def _check_names(command: str, options: dict, known: set[str]) -> None:
 
 def _identifier(name: str) -> str:
     """A column name as a quoted SQL identifier (nothing a caller passes is pasted in unquoted)."""
-    return '"' + str(name).replace('"', '""') + '"'
+    from curate.views import sql_identifier
+
+    return sql_identifier(name)

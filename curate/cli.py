@@ -19,9 +19,13 @@ from schemas.cli import (
     OutFormat,
     StoreOpt,
     console,
+    esc,
+    file_option,
+    folder_option,
     progress_bar,
     run_app,
     status,
+    visible,
 )
 from schemas.cli import default_option as _opt
 from schemas.config import default
@@ -84,9 +88,9 @@ def ingest(
         report = run_ingest(_store(store), opts, progress=lambda k: bar.advance(task, k))
     out = console()
     if report.already_ingested:
-        out.print(f"{path} was already ingested by run {report.already_ingested}: nothing added")
+        out.print(f"{esc(path)} was already ingested by run {esc(report.already_ingested)}: nothing added")
         return
-    table = Table(title=f"ingest {path.name} -> run {report.run_id}")
+    table = Table(title=f"ingest {esc(path.name)} -> run {esc(report.run_id)}")
     table.add_column("outcome")
     table.add_column("records", justify="right")
     table.add_row("[green]accepted", str(report.accepted))
@@ -94,7 +98,7 @@ def ingest(
         table.add_row(f"[red]rejected: {reason}[/red] ({REASONS[reason]})", str(count))
     table.add_row("[bold]records read", str(report.records))
     out.print(table)
-    unreadable = sum(report.rejected[r] for r in ("bad_utf8", "bad_json", "not_an_object"))
+    unreadable = sum(report.rejected[r] for r in ("bad_utf8", "bad_json", "not_an_object", "record_too_large"))
     if unreadable == report.records:
         out.print("[red]error:[/red] no record could be read")
         raise typer.Exit(1)
@@ -107,6 +111,8 @@ def import_rollouts(
     fmt: Annotated[Optional[str], typer.Option("--format", help="pebr | verl (default: sniffed from the first line).")] = None,
     qid_field: Annotated[Optional[str], typer.Option(help="verl: the field holding the question id.")] = None,
     correct_threshold: Annotated[float, typer.Option(help="A rollout is correct when its accuracy >= this.")] = 1.0,
+    again: Annotated[bool, typer.Option("--again", help="Import the dump even when a run already imported it "
+                                        "(the same content, by sha256, with the same options).")] = False,
     store: StoreOpt = Path("store"),
 ) -> None:
     """Import another trainer's rollout dump as a new run, joined to samples by qid.
@@ -116,9 +122,14 @@ def import_rollouts(
     from curate.importer import import_rollouts as run_import
 
     with status(f"importing {file.name} with DuckDB"):
-        r = run_import(_store(store), file, source=source, fmt=fmt, qid_field=qid_field, correct_threshold=correct_threshold)
+        r = run_import(_store(store), file, source=source, fmt=fmt, qid_field=qid_field, correct_threshold=correct_threshold,
+                       again=again)
     out = console()
-    out.print(f"run [bold]{r.run_id}[/bold]: {r.rollouts:,} rollouts from {r.lines:,} lines")
+    if r.already_imported:
+        out.print(f"{visible(file)} was already imported by run {visible(r.already_imported)} (same content and options): nothing "
+                  "imported; pass --again to import it once more", markup=False, highlight=False, soft_wrap=True)
+        return
+    out.print(f"run [bold]{esc(r.run_id)}[/bold]: {r.rollouts:,} rollouts from {r.lines:,} lines")
     if r.unreadable:
         out.print(f"[yellow]{r.unreadable:,} line(s) could not be parsed and were skipped[/yellow]")
     if r.unmatched_rollouts:
@@ -130,15 +141,22 @@ def import_rollouts(
 def sql(
     query: Annotated[str, typer.Argument(help="A read-only SQL query over samples, rejects, rollouts, runs, difficulty.")],
     fmt: FormatOpt = OutFormat.table,
+    memory_limit: Annotated[str, typer.Option(help="DuckDB's memory limit for the query (past it, DuckDB spills to "
+                                                   "STORE/tmp), e.g. 512MB or 8GB.")] = "2GB",
     store: StoreOpt = Path("store"),
 ) -> None:
-    """Run read-only SQL over the store's views.
+    """Run read-only SQL over the store's views: one SELECT, which sees the views and macros and no
+    file, URL or setting; Ctrl-C stops it.
 
     Example: curate sql --format csv "select band, count(*) from difficulty group by band"
     """
     from curate.sql import run_query, write_result
 
-    result = run_query(_store(store).require(), query)
+    try:
+        result = run_query(_store(store).require(), query, memory_limit=memory_limit)
+    except KeyboardInterrupt:  # the query was cancelled (typer would exit 130 without a word)
+        console().print("interrupted", markup=False, highlight=False)
+        raise typer.Exit(130) from None
     write_result(result, fmt.value)
 
 
@@ -146,7 +164,7 @@ def sql(
 def grade(
     file: Annotated[Path, typer.Argument(help="JSONL with `response`, `answer` (or `ground_truth`), optional `key_words`, `response_length`, `image`.")],
     stage: Annotated[str, typer.Option(help=" | ".join(REWARD_STAGES))] = REWARD_STAGES[0],
-    out: Annotated[Optional[Path], typer.Option(help="Write graded lines here (default: stdout).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Write graded lines here (default: stdout).", callback=file_option("--out"))] = None,
     reward: RewardOpt = None,
 ) -> None:
     """Grade responses with the paper's rewards, without generating.
@@ -166,9 +184,9 @@ def grade(
             handle.close()
     err = console()
     if report.note:
-        err.print(f"[yellow]{report.note}[/yellow]", soft_wrap=True)
+        err.print(f"[yellow]{esc(report.note)}[/yellow]", soft_wrap=True)
     for line in report.skipped[:20]:
-        err.print(f"[yellow]skipped[/yellow] {line}", highlight=False)
+        err.print(f"[yellow]skipped[/yellow] {esc(line)}", highlight=False)
     err.print(f"graded {report.graded} response(s); skipped {len(report.skipped)}")
 
 
@@ -188,7 +206,7 @@ def regrade(
     with progress_bar(unit="rollouts") as bar:
         task = bar.add_task(f"regrade {run}", total=None)
         new_run, total = run_regrade(_store(store), run, cfg, progress=lambda k: bar.advance(task, k))
-    console().print(f"regraded {total:,} rollouts of {run} into run [bold]{new_run}[/bold]")
+    console().print(f"regraded {total:,} rollouts of {esc(run)} into run [bold]{esc(new_run)}[/bold]")
 
 
 def _parse_shard(text: str) -> tuple[int, int]:
@@ -278,7 +296,7 @@ def score(
 
         report = run_score(_store(store), opts, progress=progress)
     out = console()
-    out.print(f"run [bold]{report.run_id}[/bold]: {report.samples:,} samples, {report.generated:,} rollouts generated "
+    out.print(f"run [bold]{esc(report.run_id)}[/bold]: {report.samples:,} samples, {report.generated:,} rollouts generated "
               f"({report.already_done:,} already done) in {report.seconds:.1f} s")
     if opts.adaptive:
         total = report.generated + report.already_done
@@ -288,7 +306,7 @@ def score(
 
 @app.command()
 def synth(
-    out: Annotated[Path, typer.Option(help="Folder for train.jsonl, test.jsonl and images/.")],
+    out: Annotated[Path, typer.Option(help="Folder for train.jsonl, test.jsonl and images/.", callback=folder_option("--out"))],
     n: Annotated[int, typer.Option(help="Samples in all (train + test).")] = 2000,
     seed: Annotated[int, typer.Option(help="World seed; the same seed gives byte-identical files.")] = 0,
     test_fraction: Annotated[float, typer.Option(help="Share of samples in test.jsonl.")] = 0.1,
@@ -304,7 +322,7 @@ def synth(
         task = bar.add_task("synth", total=n)
         stats = generate_world(out, n=n, seed=seed, test_fraction=test_fraction, image_size=image_size,
                                progress=lambda k: bar.advance(task, k))
-    console().print(f"{stats['n_train']:,} train + {stats['n_test']:,} test samples in [bold]{out}[/bold] "
+    console().print(f"{stats['n_train']:,} train + {stats['n_test']:,} test samples in [bold]{esc(out)}[/bold] "
                     f"({stats['seconds']:.1f} s): " + ", ".join(f"{k} {v:,}" for k, v in stats["by_capability"].items()))
 
 
@@ -323,7 +341,7 @@ def _quota(items: list[str]) -> dict[str, int]:
 @app.command()
 def select(
     stage: Annotated[str, typer.Option(help=" | ".join(f"{s} ({b} band)" for s, b in STAGE_BANDS.items()) + ".")],
-    out: Annotated[Path, typer.Option(help="Output folder: train-*-of-*.parquet shards, manifest.json, select_drops.parquet, and --format extras.")],
+    out: Annotated[Path, typer.Option(help="Output folder: train-*-of-*.parquet shards, manifest.json, select_drops.parquet, and --format extras.", callback=folder_option("--out"))],
     run: Annotated[Optional[str], typer.Option(help="Run whose rollouts define difficulty (default: the latest).")] = None,
     source: Annotated[Optional[list[str]], typer.Option(help="Keep only this source (repeatable).")] = None,
     capability: Annotated[Optional[list[str]], typer.Option(help="Keep only this capability (repeatable).")] = None,
@@ -363,19 +381,19 @@ def select(
     err = console()
     z = r.zero_advantage.get("predicted")
     shards = sum(name.startswith("train-") for name in r.files)
-    err.print(f"{stage}: {r.rows:,} samples ({r.band} band of run {r.run_id}: {r.band_total:,}) -> [bold]{r.out}[/bold] "
+    err.print(f"{esc(stage)}: {r.rows:,} samples ({r.band} band of run {esc(r.run_id)}: {r.band_total:,}) -> [bold]{esc(r.out)}[/bold] "
               f"({shards} Parquet shard{'s' if shards > 1 else ''})")
-    err.print("  by capability: " + ", ".join(f"{k} {v:,}" for k, v in r.by_capability.items()), highlight=False)
+    err.print("  by capability: " + ", ".join(f"{esc(k)} {v:,}" for k, v in r.by_capability.items()), highlight=False)
     if z is not None:
-        err.print(f"  predicted zero-advantage groups at G={group_size}: {z:.2f} ({r.zero_advantage['predicted_basis']})",
+        err.print(f"  predicted zero-advantage groups at G={group_size}: {z:.2f} ({esc(r.zero_advantage['predicted_basis'])})",
                   highlight=False, soft_wrap=True)
     if r.skipped_no_response:
-        err.print(f"[yellow]  {r.skipped_no_response} sample(s) without a gold response left out of {fmt}[/yellow]")
+        err.print(f"[yellow]  {r.skipped_no_response} sample(s) without a gold response left out of {esc(fmt)}[/yellow]")
 
 
 @app.command()
 def report(
-    out: Annotated[Optional[Path], typer.Option(help="Also write PNG plots, report.json and index.html here.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Also write PNG plots, report.json and index.html here.", callback=folder_option("--out"))] = None,
     run: Annotated[Optional[str], typer.Option(help="Run to report on (default: the latest).")] = None,
     group_size: Annotated[int, typer.Option(help="GRPO group size for the zero-advantage prediction.")] = default(SelectOptions, "group_size"),
     easy_min: Annotated[float, typer.Option(help="Easy when k >= easy_min * n.")] = default(SelectOptions, "easy_min"),
@@ -395,7 +413,76 @@ def report(
         data = build_report(s, out, run, group_size, easy_min, hard_max)
     render_report(data, console())
     if out is not None:
-        console().print(f"plots and page in [bold]{out}[/bold] (index.html)")
+        console().print(f"plots and page in [bold]{esc(out)}[/bold] (index.html)")
+
+
+@app.command()
+def check(
+    repair: Annotated[bool, typer.Option("--repair", help="Fix what is found: broken parts and parts of uncommitted runs "
+                                         "go to <store>/quarantine/<time>/ with a note, lost images are copied back "
+                                         "from their image root, the catalog is rebuilt and the cache cleared, stale "
+                                         "temporary files and unreferenced images are removed.")] = False,
+    store: StoreOpt = Path("store"),
+) -> None:
+    """Verify the store: every part, every image, the catalog and the cache; one line per thing that is wrong.
+
+    Exits 1 when a problem is found (or is left after --repair); leftovers (stale temporary files,
+    unreferenced images) are listed but do not fail the check.
+
+    Example: curate check --store store (then: curate check --repair --store store)
+    """
+    from curate.check import check_store
+    from schemas.cli import visible
+
+    report = check_store(_store(store).require(), repair=repair)
+
+    def show(findings) -> None:
+        for f in findings:
+            print(visible(("leftover: " if f.leftover else "") + f.line()))
+
+    show(report.findings)
+    for line in report.repairs:
+        print(visible(f"repaired: {line}"))
+    err = console()
+    if repair and report.findings:
+        if report.remaining:
+            print("after the repair:")
+            show(report.remaining)
+        if report.quarantine is not None:
+            err.print(f"what was moved and why: {report.quarantine / 'note.txt'}", markup=False, highlight=False,
+                      soft_wrap=True)
+    problems = len(report.problems)
+    leftovers = sum(f.count for f in (report.remaining if report.remaining is not None else report.findings) if f.leftover)
+    if problems:
+        hint = ("" if repair else ": `curate check --repair` fixes what can be fixed (broken and orphan files go to "
+                "quarantine/, with a note)")
+        err.print(f"{problems} problem(s){f', {leftovers} leftover(s)' if leftovers else ''}{hint}", markup=False,
+                  highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    if leftovers:
+        err.print(f"the store is consistent; {leftovers} leftover(s), which `curate check --repair` removes",
+                  markup=False, highlight=False, soft_wrap=True)
+    else:
+        err.print("the store is consistent" + (" now" if repair and report.findings else ""), markup=False, highlight=False)
+
+
+class _StoreErrors(typer.core.TyperGroup):
+    """Every command of `curate`: an error that a broken store file or a full disk caused ends in one line
+    that says what to do (`curate.store.store_error`), not in DuckDB's text or a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            from curate.store import store_error
+
+            error = store_error(exc)
+            if error is None:
+                raise
+            raise error from exc
+
+
+app.info.cls = _StoreErrors
 
 
 def main() -> None:

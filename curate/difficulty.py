@@ -22,6 +22,7 @@ from curate.views import (
     MACROS,
     agg_sql,
     from_agg,
+    sql_file,
     sql_literal,
 )
 from schemas import STAGE_BANDS  # noqa: F401  (the paper's band -> stage map; re-exported)
@@ -181,7 +182,7 @@ def load_difficulty(store, con, run_id: str, table: str = "run_difficulty") -> s
     the file, a query reads only the columns it needs."""
     path = cache_difficulty(store, con, run_id)
     if path is not None:
-        relation = f"read_parquet({sql_literal(path)})"
+        relation = f"read_parquet({sql_file(path)})"
         return f"({from_agg(relation, ', source, capability')})"
     rows = _run_rows_sql()
     # A table of the connection's in-memory database, not a TEMP one: the export's cursors see it.

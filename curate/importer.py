@@ -16,6 +16,8 @@ records (its non-blank lines) and reported.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -24,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from curate.difficulty import warm_cache
-from curate.store import Store, new_run_id, sql_literal
+from curate.store import Store, new_run_id, sql_file, sql_literal
+from curate.views import sql_identifier
 from schemas.errors import PebrError
 
 MAX_RECORD_BYTES = 16 << 20
@@ -41,12 +44,22 @@ least 32 MiB), so more threads would not fit MEMORY_LIMIT."""
 
 @dataclass
 class ImportReport:
-    run_id: str
+    run_id: str | None
     lines: int = 0
     rollouts: int = 0
     unreadable: int = 0
     unmatched_rollouts: int = 0
     unmatched_qids: int = 0
+    already_imported: str | None = None
+    """The earlier run that imported the same dump (same content, same options), when nothing was done."""
+
+
+def _dump_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _sniff(path: Path) -> str:
@@ -80,15 +93,22 @@ def _select_sql(fmt: str, qid_field: str | None) -> tuple[str, dict]:
     if not qid_field:
         raise PebrError("verl dumps carry no question id: pass --qid-field NAME (a field your reward function logged, e.g. uid)")
     columns = {"input": "VARCHAR", "output": "VARCHAR", "score": "DOUBLE", qid_field: "VARCHAR"}
-    return f"SELECT CAST(\"{qid_field}\" AS VARCHAR) AS qid, output AS response, score", columns
+    # The field name is the user's: an identifier, quoted, never SQL (the reader's `columns` quote it as a literal).
+    return f"SELECT CAST({sql_identifier(qid_field)} AS VARCHAR) AS qid, output AS response, score", columns
 
 
 def import_rollouts(store: Store, path: Path, source: str | None = None, fmt: str | None = None,
-                    qid_field: str | None = None, correct_threshold: float = 1.0) -> ImportReport:
+                    qid_field: str | None = None, correct_threshold: float = 1.0, again: bool = False) -> ImportReport:
+    """Import the dump at `path` as a new run. A dump a committed run already imported (the same content,
+    by its sha256, with the same options) is not imported again unless `again`: the report names that
+    run in `already_imported` (a re-run after a kill that landed after the commit adds nothing)."""
     if not path.is_file():
         raise PebrError(f"{path}: no such file")
     fmt = fmt or _sniff(path)
     select, columns = _select_sql(fmt, qid_field)
+    digest = _dump_sha256(path)
+    fingerprint = json.dumps({"dump_sha256": digest, "format": fmt, "qid_field": qid_field, "source": source,
+                              "correct_threshold": float(correct_threshold)}, sort_keys=True)
     with store.writing(f"curate import-rollouts {path.name}"):
         # Store.write checks the rollouts against their Arrow schema: pyarrow loads (0.2 s of CPU) on
         # the side while DuckDB, started by now, works with the GIL released.
@@ -98,18 +118,26 @@ def import_rollouts(store: Store, path: Path, source: str | None = None, fmt: st
         spill.parent.mkdir(exist_ok=True)
         con = store.connect()
         try:
+            prior = None if again else con.execute(
+                "SELECT run_id FROM runs WHERE kind = 'import' AND json_extract_string(config, '$.fingerprint') = ? "
+                "ORDER BY created_at LIMIT 1", [fingerprint]).fetchone()
+            if prior:
+                return ImportReport(run_id=None, already_imported=prior[0])
             report, part = _import(store, con, path, run_id, fmt, select, columns, source, float(correct_threshold), spill)
             con.execute("DROP TABLE dump")
             store.add_run(run_id, "import", con, config={
-                "path": str(path.absolute()), "format": fmt, "qid_field": qid_field, "source": source,
+                "path": str(path.absolute()), "dump_sha256": digest, "fingerprint": fingerprint,
+                "format": fmt, "qid_field": qid_field, "source": source,
                 "correct_threshold": correct_threshold, "lines": report.lines, "rollouts": report.rollouts,
                 "unreadable": report.unreadable, "unmatched_rollouts": report.unmatched_rollouts,
             }, grader_version=f"imported:{fmt}")
             # So that every `curate select` of the run starts from it; read from the run's one part.
-            warm_cache(store, run_id, con, rollouts=f"read_parquet({sql_literal(part)})", null_columns=NULL_COLUMNS)
+            warm_cache(store, run_id, con, rollouts=f"read_parquet({sql_file(part)})", null_columns=NULL_COLUMNS)
         finally:
             con.close()
-            shutil.rmtree(spill.parent, ignore_errors=True)  # the writer lock is ours: nobody else spills there
+            shutil.rmtree(spill, ignore_errors=True)  # ours; readers of user SQL spill beside it (curate.sql.reader)
+            with contextlib.suppress(OSError):
+                spill.parent.rmdir()  # when no reader spills there
         return report
 
 
@@ -133,8 +161,8 @@ def _import(store: Store, con, path: Path, run_id: str, fmt: str, select: str, c
     ambiguous = con.execute("SELECT count(*) FROM qmap WHERE n > 1").fetchone()[0]
     if ambiguous:
         raise PebrError(f"{ambiguous} qid(s) name samples of several sources; pass --source to choose one")
-    cols = "{" + ", ".join(f"'{k}': '{v}'" for k, v in columns.items()) + "}"
-    reader = (f"read_json({sql_literal(path)}, format = 'newline_delimited', columns = {cols}, ignore_errors = true, "
+    cols = "{" + ", ".join(f"{sql_literal(k)}: {sql_literal(v)}" for k, v in columns.items()) + "}"
+    reader = (f"read_json({sql_file(path)}, format = 'newline_delimited', columns = {cols}, ignore_errors = true, "
               f"maximum_object_size = {MAX_RECORD_BYTES})")
     # One parallel reading of the dump into a table that keeps the file's order: each non-blank line
     # is one row (a line the reader cannot parse is a row of NULLs), and a row's rowid is its
@@ -165,7 +193,7 @@ def _import(store: Store, con, path: Path, run_id: str, fmt: str, select: str, c
     # Rollouts matched to no sample, counted on the written part (uncommitted: a failure from here
     # on leaves it to the next writer, who removes it).
     unmatched, unmatched_qids = con.execute(f"""
-        SELECT count(*), count(DISTINCT qid) FROM read_parquet({sql_literal(part)}) WHERE sample_id IS NULL
+        SELECT count(*), count(DISTINCT qid) FROM read_parquet({sql_file(part)}) WHERE sample_id IS NULL
     """).fetchone()
     report = ImportReport(run_id=run_id, lines=lines, rollouts=rollouts, unreadable=lines - rollouts,
                           unmatched_rollouts=unmatched, unmatched_qids=unmatched_qids)

@@ -220,14 +220,16 @@ def render_report(data: ReportData, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from schemas.cli import cell, esc
+
     console = console or Console()
-    t = Table(title=f"difficulty of run {data.run_id} (P0: predicted zero-advantage fraction, G = {data.group_size})")
+    t = Table(title=f"difficulty of run {esc(data.run_id)} (P0: predicted zero-advantage fraction, G = {data.group_size})")
     for col in ("source", "capability"):
         t.add_column(col)
     for col in ("samples", *BANDS, *(f"P0 {s}" for s in STAGE_BANDS)):
         t.add_column(col, justify="right")
     for g in [*data.groups, data.total]:
         style = "bold" if g is data.total else None
-        t.add_row(g.source, g.capability, f"{g.samples:,}", *(f"{g.bands[b]:,}" for b in BANDS),
+        t.add_row(cell(g.source), cell(g.capability), f"{g.samples:,}", *(f"{g.bands[b]:,}" for b in BANDS),
                   *(_fmt(g.zero_advantage[s]) for s in STAGE_BANDS), style=style)
     console.print(t)

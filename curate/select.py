@@ -10,10 +10,12 @@ writer (`curate.export`) turns what is left into the stage files.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
-import shutil
+import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,6 +44,7 @@ from curate.steps import (
     band_step,
     cap_step,
     capability_step,
+    check_condition,
     dedup_step,
     mix_step,
     mix_targets,
@@ -51,11 +54,11 @@ from curate.steps import (
     source_step,
     where_step,
 )
-from curate.store import Store, code_version, sql_literal
+from curate.store import Store, code_version, sql_file, sql_literal
 from generation.prompt import PROMPT_TEMPLATE, check_template
 from schemas import REWARD_COLUMNS, STAGE_SHARDS
 from schemas.errors import PebrError
-from schemas.io import atomic_write
+from schemas.io import atomic_write, file_lock, process_label
 
 FORMATS = ("parquet", "easyr1", "sharegpt")
 MANIFEST_NAME = "manifest.json"
@@ -65,8 +68,8 @@ DROPS_FILE = "select_drops.parquet"
 SHARD_ROWS = 65_536
 """Most rows per Parquet shard of a stage dataset (--shard-rows)."""
 
-__all__ = ["DROPS_FILE", "FORMATS", "MANIFEST_NAME", "SHARD_ROWS", "SelectOptions", "SelectReport", "mix_targets",
-           "select_options", "select_stage", "selection_steps", "shard_name"]
+__all__ = ["DROPS_FILE", "FORMATS", "MANIFEST_NAME", "PENDING_FILE", "SHARD_ROWS", "SelectOptions", "SelectReport", "mix_targets",
+           "select_lock", "select_options", "select_stage", "selection_steps", "shard_name"]
 
 
 @dataclass
@@ -183,14 +186,7 @@ def _check(opts: SelectOptions) -> str:
     except ValueError as exc:
         raise PebrError(str(exc)) from None
     if opts.where is not None:
-        import duckdb
-
-        try:
-            statements = duckdb.extract_statements(f"SELECT 1 WHERE ({opts.where})")
-        except duckdb.Error as exc:
-            raise PebrError(f"--where does not parse: {str(exc).splitlines()[0]}") from None
-        if len(statements) != 1:
-            raise PebrError("--where must be a single SQL condition")
+        check_condition(opts.where)  # one boolean expression; it runs on a locked connection (where_step)
     return STAGE_BANDS[opts.stage]
 
 
@@ -247,7 +243,7 @@ def band_rule(opts: SelectOptions, band: str) -> str:
             "hard": f"k <= {opts.hard_max:g} * n"}[band]
 
 
-def selection_steps(con, opts: SelectOptions, band: str, difficulty: str, samples: str) -> list[Step]:
+def selection_steps(con, opts: SelectOptions, band: str, difficulty: str, samples: str, store: Store) -> list[Step]:
     """The steps the options ask for, in their fixed order: band -> source -> capability -> where ->
     dedup -> coarse/fine mix -> quota -> cap (the row order, by the seeded key, comes last)."""
     steps = [band_step(band, band_rule(opts, band))]
@@ -256,7 +252,7 @@ def selection_steps(con, opts: SelectOptions, band: str, difficulty: str, sample
     if opts.capabilities:
         steps.append(capability_step(opts.capabilities))
     if opts.where:
-        steps.append(where_step(opts.where, difficulty, samples))
+        steps.append(where_step(opts.where, difficulty, con, store))
     if opts.dedup:
         steps.append(dedup_step(difficulty, samples))
     if opts.exclude_responses and opts.stage == "warmup":
@@ -277,22 +273,202 @@ def _rule(opts: SelectOptions, steps: list[Step]) -> str:
     return "; ".join(parts) + f"; order md5_number('{opts.seed}:' || sample_id)"
 
 
-def _dataset_files(out: Path) -> list[Path]:
-    """The files of a stage dataset in `out`: manifest, drops, shards, and a single-file train.parquet."""
-    return [p for p in (out / MANIFEST_NAME, out / DROPS_FILE, out / "train.parquet") if p.exists()] + sorted(out.glob(STAGE_SHARDS))
+# -- the output folder: a selection owns only what it writes ----------------------------------------
+
+PENDING_FILE = ".select-pending.json"
+"""In the output folder while a selection writes it (removed once its manifest is in place): after a
+crash it tells a later --force that the files named as a selection names them are that selection's."""
+_JSON_FILES = {"easyr1": ("train.json", FORMAT_PROMPT_FILE),
+               "sharegpt": (*(f"{stage}.json" for stage in STAGE_BANDS), "dataset_info.json")}
+"""The files of the JSON formats, in their folder; the copied images go to `<format>/images/`."""
+_SHARD = re.compile(r"train-\d+-of-\d+\.parquet")
+_IMAGE = re.compile(r"([0-9a-f]{64})\.[^/]+")
+"""A store image's name: the sha256 of its bytes and its suffix (`Store.put_image`)."""
+_TEMP = re.compile(r"\.(.+)\.[0-9a-f]{8}\.tmp")
+"""`schemas.io.temp_name`: a file not yet published."""
 
 
-def _holds_dataset(out: Path) -> bool:
-    return bool(_dataset_files(out))
+def select_lock(out: str | Path) -> Path:
+    """The lock a selection into `out` holds while it runs: beside the folder (``.<name>.select.lock``),
+    so the folder holds nothing but the dataset; the same file however `out` is spelled."""
+    out = Path(out).resolve()
+    return out.parent / f".{out.name}.select.lock"
 
 
-def _prepare_out(out: Path) -> None:
-    """Clear a stage dataset already in `out` (the caller checked --force), and create `out`."""
-    for path in _dataset_files(out):
-        path.unlink()
-    for sub in ("easyr1", "sharegpt"):
-        shutil.rmtree(out / sub, ignore_errors=True)
+def _named_as_ours(rel: str) -> bool:
+    """Whether `rel` (a path relative to the output folder) has a name a selection gives what it writes,
+    or the temporary name of one."""
+    folder, _, name = rel.rpartition("/")
+    if m := _TEMP.fullmatch(name):
+        name = m[1]
+    if not folder:
+        return name in (MANIFEST_NAME, DROPS_FILE, PENDING_FILE) or bool(_SHARD.fullmatch(name))
+    fmt, _, sub = folder.partition("/")
+    if fmt not in _JSON_FILES:
+        return False
+    return name in _JSON_FILES[fmt] if not sub else sub == "images" and bool(_IMAGE.fullmatch(name))
+
+
+def _named_files(out: Path) -> set[str]:
+    """The files in `out` named as a selection names what it writes: at the top, in easyr1/ and
+    sharegpt/ and their images/ (a folder that is a link is never looked into)."""
+    found = set()
+    for folder in ("", *_JSON_FILES, *(f"{fmt}/images" for fmt in _JSON_FILES)):
+        path = out / folder
+        if (folder and path.is_symlink()) or not path.is_dir():
+            continue
+        for entry in os.scandir(path):
+            rel = f"{folder}/{entry.name}" if folder else entry.name
+            if not entry.is_dir(follow_symlinks=False) and _named_as_ours(rel):
+                found.add(rel)
+    return found
+
+
+def _inside(out: Path, rel: str) -> bool:
+    """Whether `rel` names a file inside `out`, through no `..` and no link that leaves it."""
+    path = Path(rel)
+    if not path.parts or path.is_absolute() or ".." in path.parts:
+        return False
+    root, parent = out.resolve(), (out / path).parent.resolve()
+    return parent == root or root in parent.parents
+
+
+def _record_images(path: Path) -> set[str]:
+    """The images (``images/<name>``, relative to the JSON's folder) the records of an export name."""
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    return {img for rec in (records if isinstance(records, list) else []) if isinstance(rec, dict)
+            for img in (rec.get("images") if isinstance(rec.get("images"), list) else [])
+            if isinstance(img, str) and img.startswith("images/") and img.count("/") == 1}
+
+
+def _manifest_files(out: Path) -> set[str] | None:
+    """The files the manifest in `out` lists as its selection's (itself included); None when `out`
+    holds no manifest of curate select. A manifest written before the copied images were listed
+    (no `files_complete`) names them through the records of its JSON export."""
+    path = out / MANIFEST_NAME
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not (isinstance(manifest, dict) and isinstance(manifest.get("files"), dict) and "stage" in manifest):
+        return None
+    files = {MANIFEST_NAME, *manifest["files"]}
+    for rel in sorted(files):
+        if not _inside(out, rel):
+            raise PebrError(f"{path} lists {rel!r}, outside {out}: not a manifest curate select wrote; "
+                            "remove the folder's files yourself")
+    if manifest.get("files_complete") is not True:
+        for rel in list(files):
+            fmt, _, name = rel.partition("/")
+            if fmt in _JSON_FILES and name in _JSON_FILES[fmt] and name.endswith(".json") and name != "dataset_info.json":
+                files |= {f"{fmt}/{img}" for img in _record_images(out / rel) if _inside(out, f"{fmt}/{img}")}
+    return files
+
+
+@dataclass
+class _Claim:
+    """The output folder of one selection, locked, and what is in it."""
+
+    out: Path
+    earlier: set[str]
+    """Files of the earlier selection there (relative to `out`): what --force replaces."""
+    kept: set[str] = field(default_factory=set)
+    """Files there under a selection's names that no selection wrote: never listed, never removed."""
+    started: bool = False
+    """Whether this selection has begun to write (PENDING_FILE in place)."""
+
+
+def _claim_out(out: Path, force: bool) -> _Claim:
+    """Check, holding the lock, that `out` may take the new stage dataset: a new or empty folder, or
+    (with --force) one holding a stage dataset of curate select; anything else is refused, --force
+    or not, before anything is written."""
+    if out.exists() and not out.is_dir():
+        raise PebrError(f"--out {out} is a file, not a folder")
+    entries = sorted(os.listdir(out)) if out.is_dir() else []
+    if not entries:
+        return _Claim(out, set())
+    listed = _manifest_files(out)
+    pending = (out / PENDING_FILE).is_file()
+    named = _named_files(out)
+    if listed is None and not pending:
+        # No manifest: a stage dataset only if every entry is one of its top-level files (a single
+        # train.parquet included); nothing tells a selection's files from a user's otherwise.
+        if not set(entries) <= named | ({"train.parquet"} if (out / "train.parquet").is_file() else set()):
+            shown = ", ".join(entries[:6]) + (f", ... ({len(entries)} entries)" if len(entries) > 6 else "")
+            raise PebrError(f"--out {out} is not empty and holds no stage dataset of curate select ({shown}); "
+                            "choose a new or empty folder (curate select removes only files it wrote)")
+        return _refuse_unless(force, _Claim(out, set(entries)), f"{out} already holds a stage dataset")
+    earlier = {rel for rel in listed or () if os.path.lexists(out / rel)}
+    if pending:  # a selection stopped before its manifest: its files are those named as ours, less what it kept
+        try:
+            kept = set(json.loads((out / PENDING_FILE).read_text(encoding="utf-8")).get("kept", []))
+        except (OSError, ValueError, AttributeError, TypeError):
+            kept = set()
+        earlier |= named - kept
+    what = "a stage dataset" if listed is not None else "an unfinished selection (stopped before its manifest was written)"
+    return _refuse_unless(force, _Claim(out, earlier), f"{out} already holds {what}")
+
+
+def _refuse_unless(force: bool, claim: _Claim, holds: str) -> _Claim:
+    if not force:
+        raise PebrError(f"{holds}; pass --force to replace it (only the files a selection wrote are removed)")
+    return claim
+
+
+def _remove(out: Path, files: set[str]) -> None:
+    """Remove these files of `out` (never a folder), PENDING_FILE last; then the folders a selection
+    makes, where they are left empty."""
+    for rel in sorted(files - {PENDING_FILE}):
+        path = out / rel
+        if path.is_symlink() or path.is_file():
+            path.unlink(missing_ok=True)
+    for folder in (*(f"{fmt}/images" for fmt in _JSON_FILES), *_JSON_FILES):
+        with contextlib.suppress(OSError):  # not empty, not there, or a link: left alone
+            (out / folder).rmdir()
+    if PENDING_FILE in files:
+        (out / PENDING_FILE).unlink(missing_ok=True)
+
+
+def _prepare_out(claim: _Claim) -> None:
+    """Begin writing: create `out`, mark it as being written (PENDING_FILE, naming the files already
+    there under a selection's names that are not a selection's), then remove exactly the earlier
+    selection's files (and the folders it made, once empty)."""
+    out = claim.out
     out.mkdir(parents=True, exist_ok=True)
+    claim.kept = _named_files(out) - claim.earlier - {PENDING_FILE}
+    atomic_write(out / PENDING_FILE, json.dumps({"pid": os.getpid(), "kept": sorted(claim.kept)}) + "\n")
+    claim.started = True
+    _remove(out, claim.earlier - {PENDING_FILE})
+
+
+def _discard_partial(claim: _Claim) -> None:
+    """After a failure: remove what this selection wrote (never the files it kept), so no partial
+    dataset is left; the folder itself stays."""
+    if claim.started:
+        _remove(claim.out, _named_files(claim.out) - claim.kept)
+
+
+def _noting_images(rows, names: set[str]):
+    """`rows` as they are, noting the name each image gets in the export's images/ folder (its
+    store name's base name, as `curate.export` copies it)."""
+    for row in rows:
+        names.update(os.path.basename(rel) for rel in row["images"] or ())
+        yield row
+
+
+def _image_files(fmt: str, names: set[str], claim: _Claim) -> dict[str, str]:
+    """Manifest entries (name -> sha256) of the images an export copied; a store image's name is
+    the sha256 of its bytes."""
+    files = {}
+    for name in sorted(names):
+        rel = f"{fmt}/images/{name}"
+        if rel not in claim.kept and (claim.out / rel).is_file():
+            m = _IMAGE.fullmatch(name)
+            files[rel] = m[1] if m else sha256_file(claim.out / rel)
+    return files
 
 
 def select_stage(store: Store, opts: SelectOptions) -> SelectReport:
@@ -300,8 +476,27 @@ def select_stage(store: Store, opts: SelectOptions) -> SelectReport:
     band = _check(opts)
     store.require()
     out = Path(opts.out).absolute()
-    if not opts.force and _holds_dataset(out):
-        raise PebrError(f"{out} already holds a stage dataset; pass --force to replace it")
+    with contextlib.ExitStack() as held:
+        try:  # one selection at a time into a folder; the second is told who holds it
+            held.enter_context(file_lock(
+                select_lock(out), process_label(f"curate select --stage {opts.stage}"),
+                busy=lambda holder: f"{out} is being written by another curate select: {holder}; "
+                                    "wait for it to end, or choose another --out"))
+        except OSError as exc:
+            raise PebrError(f"cannot lock {select_lock(out)} for --out {out}: {exc.strerror or exc}") from None
+        claim = _claim_out(out, opts.force)
+        try:
+            report = _select_into(store, opts, band, claim)
+        except BaseException:
+            _discard_partial(claim)
+            raise
+        (out / PENDING_FILE).unlink(missing_ok=True)
+        return report
+
+
+def _select_into(store: Store, opts: SelectOptions, band: str, claim: _Claim) -> SelectReport:
+    """The selection of `select_stage`, into `claim.out` (locked and checked)."""
+    out = claim.out
     con = store.connect()
     try:
         run_id = resolve_run(con, opts.run)
@@ -314,7 +509,7 @@ def select_stage(store: Store, opts: SelectOptions) -> SelectReport:
         con.execute(f"CREATE VIEW run_difficulty_rows AS {diff}")
         con.execute(f"CREATE VIEW run_rows AS SELECT {', '.join(c for c in STEP_COLUMNS if c != 'rank_key')}, "
                     f"md5_number({sql_literal(str(int(opts.seed)) + ':')} || sample_id) AS rank_key FROM run_difficulty_rows")
-        steps = selection_steps(con, opts, band, "run_difficulty_rows", "stage_samples")
+        steps = selection_steps(con, opts, band, "run_difficulty_rows", "stage_samples", store)
         picked, counts_by_step = run_steps(con, "run_rows", steps)
         # Everything the manifest needs from the store is read before the output folder is touched.
         counts = con.execute(f"SELECT source, capability, count(*) FROM {picked} GROUP BY ALL ORDER BY ALL").fetchall()
@@ -326,7 +521,7 @@ def select_stage(store: Store, opts: SelectOptions) -> SelectReport:
         zero = _zero_advantage(con, opts.group_size, opts.stage, run_id, picked)
         cur = con.execute("SELECT * REPLACE (strftime(created_at, '%Y-%m-%dT%H:%M:%S%z') AS created_at) FROM runs WHERE run_id = ?", [run_id])
         run_row = dict(zip([c[0] for c in cur.description], cur.fetchall()[0]))
-        _prepare_out(out)
+        _prepare_out(claim)
         # One pipeline per shard, as many at once as DuckDB has threads (it counts the cores this
         # process may use); with embedded images, one: their bytes pass through Python in batches.
         workers = 1 if opts.images == "embed" else con.execute("SELECT current_setting('threads')").fetchall()[0][0]
@@ -345,14 +540,15 @@ def select_stage(store: Store, opts: SelectOptions) -> SelectReport:
             raise
         drops_done.result()
         drops.shutdown()
-        con.execute("RESET threads")
         files = {name: sha256_file(out / name) for name in [*shards, DROPS_FILE]}
         skipped = 0
-        if opts.format != "parquet":  # one query over the whole stage, on every thread
+        if opts.format != "parquet":
+            con.execute("RESET threads")  # one query over the whole stage, on every thread
             name = f"{opts.format}/{'train' if opts.format == 'easyr1' else opts.stage}.json"
             (out / opts.format).mkdir(parents=True, exist_ok=True)
-            _, skipped = write_json_records(record_rows(con, picked, "stage_samples"), out / name, opts.format, store.root,
-                                            opts.template)
+            copied: set[str] = set()
+            _, skipped = write_json_records(_noting_images(record_rows(con, picked, "stage_samples"), copied), out / name,
+                                            opts.format, store.root, opts.template)
             files[name] = sha256_file(out / name)
             if opts.format == "easyr1":  # EasyR1 applies the format prompt itself (data.format_prompt)
                 atomic_write(out / "easyr1" / FORMAT_PROMPT_FILE, opts.template)
@@ -361,8 +557,9 @@ def select_stage(store: Store, opts: SelectOptions) -> SelectReport:
                 info = out / "sharegpt" / "dataset_info.json"
                 atomic_write(info, json.dumps(llamafactory_dataset_info(f"pebr_{opts.stage}", f"{opts.stage}.json"), indent=2) + "\n")
                 files["sharegpt/dataset_info.json"] = sha256_file(info)
+            files.update(_image_files(opts.format, copied, claim))
         schema = dict(con.execute("SELECT column_name, column_type FROM "
-                                  f"(DESCRIBE SELECT * FROM read_parquet({sql_literal(out / shards[0])}))").fetchall())
+                                  f"(DESCRIBE SELECT * FROM read_parquet({sql_file(out / shards[0])}))").fetchall())
     finally:
         con.close()
     report = SelectReport(out=out, stage=opts.stage, band=band, run_id=run_id, rows=rows,
@@ -376,7 +573,7 @@ def select_stage(store: Store, opts: SelectOptions) -> SelectReport:
 def _write_drops(con, path: Path) -> None:
     cur = con.cursor()
     try:
-        atomic_write(path, lambda tmp: cur.execute(f"COPY {DROPS_TABLE} TO {sql_literal(tmp)} (FORMAT parquet, COMPRESSION snappy)"))
+        atomic_write(path, lambda tmp: cur.execute(f"COPY {DROPS_TABLE} TO {sql_literal(tmp)} (FORMAT parquet, COMPRESSION uncompressed)"))
     finally:
         cur.close()
 
@@ -410,6 +607,7 @@ def _write_manifest(store: Store, opts: SelectOptions, r: SelectReport, run_row:
         "store": str(store.root),
         "options": options,
         "files": {name: {"sha256": digest} for name, digest in r.files.items()},
+        "files_complete": True,  # every file the selection wrote (copied images too): what --force removes
         "skipped_no_response": r.skipped_no_response,
         "schema": schema,
         "images": ("absolute paths into the store's image folder (datasets.Image decodes them from there)"

@@ -11,13 +11,18 @@ Steps see the columns of `STEP_COLUMNS`; a step that needs the samples' own colu
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from curate.store import sql_literal
 from schemas import CAPABILITIES, REWARD_COLUMNS
 from schemas.errors import PebrError
+
+if TYPE_CHECKING:
+    from curate.store import Store
 
 PERCEPTION_CAPS = CAPABILITIES[:2]
 """The two perception capabilities `--coarse-fine-mix` balances."""
@@ -83,11 +88,70 @@ def _full_rows(rel: str, difficulty: str, samples: str) -> str:
             f"JOIN {difficulty} d USING (sample_id) JOIN {samples} s USING (sample_id))")
 
 
-def where_step(condition: str, difficulty: str, samples: str) -> Step:
-    """Keep the rows where the user's SQL condition holds; it sees every column of samples and difficulty."""
-    return Step("where", f"where {condition}",
-                lambda rel: f"SELECT {_columns()} FROM {_full_rows(rel, difficulty, samples)} WHERE ({condition})",
-                reason="where_false")
+def check_condition(condition: str) -> str:
+    """`condition` when it is one SQL boolean expression, else a PebrError.
+
+    It is parsed as a single expression, and the query it is pasted into (`SELECT 1 WHERE (...)`)
+    must parse to exactly that query's shape: a condition that closes its parenthesis to add a
+    UNION, an ORDER BY, a GROUP BY or another statement is refused. (It still runs where it can
+    only read the store's views: `where_step`.)
+
+    >>> check_condition("n >= 8 AND source <> 'geoqa' -- a comment")
+    "n >= 8 AND source <> 'geoqa' -- a comment"
+    >>> check_condition("1=1) UNION ALL SELECT * FROM samples WHERE (1=1")
+    Traceback (most recent call last):
+    schemas.errors.PebrError: --where must be a single SQL condition: Parser Error: syntax error at or near ")"
+    """
+    import duckdb
+
+    def shape(con, sql: str) -> dict:
+        """The parse tree of a one-statement SELECT, without its WHERE clause."""
+        tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0])
+        if tree.get("error") or len(tree["statements"]) != 1:
+            raise PebrError(f"--where must be a single SQL condition: {tree.get('error_message', 'several statements')}")
+        node = tree["statements"][0]["node"]
+        node.pop("where_clause", None)
+        return node
+
+    try:
+        duckdb.SQLExpression(condition)  # exactly one expression, or an error
+        wrapped = f"SELECT 1 WHERE (\n{condition}\n)"  # own lines: a trailing -- comment ends before the ")"
+        statements = duckdb.extract_statements(wrapped)
+    except duckdb.Error as exc:
+        raise PebrError(f"--where must be a single SQL condition: {str(exc).splitlines()[0]}") from None
+    if len(statements) != 1 or statements[0].type.name != "SELECT":
+        raise PebrError("--where must be a single SQL condition (it adds statements)")
+    with duckdb.connect() as con:
+        if shape(con, wrapped) != shape(con, "SELECT 1 WHERE (\nTRUE\n)"):
+            raise PebrError("--where must be a single SQL condition (it adds clauses to the query around it)")
+    return condition
+
+
+def where_step(condition: str, difficulty: str, con, store: Store) -> Step:
+    """Keep the rows where the user's SQL condition holds; it sees every column of samples and difficulty.
+
+    The condition is user SQL, so it is checked to be one expression (`check_condition`) and runs on
+    a locked reader connection (`curate.sql.reader`), where a subquery sees the store's views and
+    nothing else: the step's rows (with their difficulty columns, from `con`) go there as Arrow, and
+    the sample_ids it keeps come back. The samples it joins are that connection's view, over the
+    committed parts the selection reads too."""
+    condition = check_condition(condition)
+
+    def keep(rel: str) -> str:
+        from curate.sql import interruptible, reader
+
+        rows = con.sql(f"SELECT d.*, r.rank_key FROM {rel} r JOIN {difficulty} d USING (sample_id)").to_arrow_table()
+        with reader(store) as locked:
+            locked.register("pebr_where_rows", rows)
+            # The columns of _full_rows, in its order.
+            query = (f"SELECT sample_id FROM (SELECT d.* EXCLUDE (rank_key), s.* EXCLUDE (sample_id, source, capability), "
+                     f"d.rank_key FROM pebr_where_rows d JOIN samples s USING (sample_id)) WHERE (\n{condition}\n)")
+            kept = interruptible(locked, lambda: locked.sql(query).to_arrow_table())
+        name = f"pebr_where_kept_{rel}"
+        con.register(name, kept)
+        return f"SELECT {_columns()} FROM {rel} WHERE sample_id IN (SELECT sample_id FROM {name})"
+
+    return Step("where", f"where {condition}", keep, reason="where_false")
 
 
 def dedup_step(difficulty: str, samples: str) -> Step:

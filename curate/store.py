@@ -4,9 +4,11 @@ Layout of a store directory::
 
     tables/<table>/part-<run_id>-<n>.parquet   immutable parts, renamed into place when complete
     tmp/<run_id>/                              what the writer spills to disk (removed when it ends)
+    tmp/sql-<pid>-<hex>/                       what a reader of user SQL spills (curate.sql.reader)
     images/<ab>/<sha256>.<ext>                 content-addressed copies of every ingested image
     catalog.duckdb                             views samples, rejects, rollouts, runs, difficulty
     cache/difficulty/<run_id>.<fp>.parquet     each run's difficulty rows (derived; see curate.difficulty)
+    quarantine/<UTC time>/                     what `curate check --repair` took out, with a note (curate.check)
     .lock                                      held (flock) by the one writer; names its holder
 
 Every table is written by `Store.write`, which checks each row against the table's schema and stamps
@@ -21,17 +23,22 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import functools
 import hashlib
 import json
+import logging
+import re
 import shutil
 import sys
+import tempfile
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from curate.views import sql_literal, view_statements
+from curate.views import sql_file, sql_literal, view_statements
 from schemas import RUN_COLUMNS, TABLE_NAMES
 from schemas.errors import PebrError
 from schemas.io import atomic_write, file_lock, process_label
@@ -43,16 +50,23 @@ if TYPE_CHECKING:
 # pyarrow is imported where a table is written or read, so that readers which only query through
 # DuckDB (`curate select`, `curate sql`) start without it.
 
-__all__ = ["CATALOG", "ROW_GROUP_ROWS", "Store", "code_version", "new_run_id", "part_run", "sql_literal",
-           "view_statements"]
+__all__ = ["CATALOG", "READER_SPILL_PREFIX", "ROW_GROUP_ROWS", "Store", "code_version", "new_run_id", "part_run",
+           "sql_file", "sql_literal", "view_statements"]
 
 CATALOG = "catalog.duckdb"
 _EMPTY_PART = "part-empty.parquet"
 ROW_GROUP_ROWS = 65_536
 """Most rows per Parquet row group of a part written by `Store.write` (DuckDB reads a file's row
 groups in parallel). A streamed batch is written as it comes, as one row group when it fits."""
+CATALOG_MISSING = "missing"
+CATALOG_OUT_OF_DATE = "out of date (its views are not this code's)"
+"""The two states of catalog.duckdb (`Store.catalog_state`) that are no fault of the file: the next writer rewrites it."""
 RUN_COLUMN = {"samples": "ingest_run", "rejects": "ingest_run", "rollouts": "run_id", "runs": "run_id"}
 """The column naming each row's run: a part holds the rows of the run its name carries."""
+READER_SPILL_PREFIX = "sql-"
+"""A folder of `tmp/` named so belongs to a reader (`curate.sql.reader`), which removes it when done;
+writers leave it alone unless it is older than STALE_READER_SPILL_S (its reader was killed)."""
+STALE_READER_SPILL_S = 24 * 3600
 
 
 def _now() -> dt.datetime:
@@ -110,15 +124,32 @@ class Store:
             return f"store {self.root} is being written by {holder}; wait for it to finish"
 
         with file_lock(self.root / ".lock", process_label(command), wait=wait, busy=busy):
+            failed = True
             try:
                 self._locked = True
                 self.init()
                 self._drop_uncommitted()
                 yield self
+                failed = False
             finally:
                 self._locked = False
                 if self.exists():
-                    self.ensure_catalog()
+                    self._refresh_derived(quiet=failed)
+
+    def _refresh_derived(self, quiet: bool = False) -> None:
+        """Bring catalog.duckdb up to date after a write. Only derived data: what the writer committed
+        stands whether or not this works (a full disk, say), so a failure is a warning (none when the
+        write itself failed, whose error is what the user needs to see), and the next writer, or
+        `curate check --repair`, builds the catalog again."""
+        import duckdb
+
+        try:
+            self.ensure_catalog()
+        except (OSError, duckdb.Error) as exc:
+            if not quiet:
+                logging.getLogger(__name__).warning(
+                    "warning: %s could not be refreshed (%s); what was written is committed, and the next "
+                    "command that writes the store rebuilds it", CATALOG, _reason(exc))
 
     def _require_lock(self) -> None:
         if not self._locked:
@@ -129,9 +160,7 @@ class Store:
 
         # A run is committed by its row in `runs` (read through DuckDB: no pyarrow for this).
         with duckdb.connect() as con:
-            committed = {r for (r,) in con.execute(
-                f"SELECT DISTINCT run_id FROM read_parquet({sql_literal(self.table_dir('runs') / '*.parquet')}, "
-                "union_by_name = true)").fetchall()}
+            committed = self._committed_runs(con)
         for name in ("samples", "rejects", "rollouts"):
             for part in self.table_dir(name).glob("part-*.parquet"):
                 run = part_run(part)
@@ -139,7 +168,17 @@ class Store:
                     part.unlink()
         for tmp in (self.root / "tables").glob("*/.*.tmp"):
             tmp.unlink()
-        shutil.rmtree(self.root / "tmp", ignore_errors=True)  # what a killed writer spilled to disk
+        # What a killed writer spilled to disk; a reader's folder only once it is stale.
+        spill = self.root / "tmp"
+        for entry in spill.iterdir() if spill.is_dir() else ():
+            if entry.name.startswith(READER_SPILL_PREFIX):
+                with contextlib.suppress(OSError):
+                    if time.time() - entry.stat().st_mtime < STALE_READER_SPILL_S:
+                        continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
 
     # -- writing --------------------------------------------------------------------------
     def write(self, name: str, data: pa.Table | pa.RecordBatchReader | duckdb.DuckDBPyRelation,
@@ -190,8 +229,12 @@ class Store:
         return path
 
     def _next_part(self, name: str, run_id: str) -> Path:
-        d = self.table_dir(name)
-        return d / f"part-{run_id}-{len(list(d.glob(f'part-{run_id}-*.parquet'))):05d}.parquet"
+        # One past the run's highest number, not its count of parts: where a part was lost (or moved to
+        # quarantine by `curate check --repair`), a resumed run must not take, and replace, a name it
+        # still has. Parts of another run whose id merely starts with this one's do not count.
+        taken = [int(p.stem.rsplit("-", 1)[1]) for p in self.table_dir(name).glob("part-*.parquet")
+                 if part_run(p) == run_id and p.stem.rsplit("-", 1)[1].isdigit()]
+        return self.table_dir(name) / f"part-{run_id}-{max(taken, default=-1) + 1:05d}.parquet"
 
     def add_run(self, run_id: str, kind: str, con: duckdb.DuckDBPyConnection | None = None, **fields) -> Path:
         """Write the run's row in `runs`; for an ingest or an import this commits its parts.
@@ -241,7 +284,26 @@ class Store:
         hashes the wrong side). A part holds the rows of the run its name carries."""
         committed = {r for (r,) in con.execute("SELECT run_id FROM runs").fetchall()}
         files = [p for p in self.parts(name) if p.name == _EMPTY_PART or part_run(p) in committed]
-        return f"read_parquet([{', '.join(sql_literal(p) for p in files)}], union_by_name = true)"
+        return f"read_parquet([{', '.join(sql_file(p) for p in files)}], union_by_name = true)"
+
+    def _committed_runs(self, con) -> set[str]:
+        """The run ids of `runs`, read from its parts on `con` (any DuckDB connection)."""
+        files = ", ".join(sql_file(p) for p in self.parts("runs"))
+        if not files:
+            return set()
+        return {r for (r,) in con.execute(
+            f"SELECT DISTINCT run_id FROM read_parquet([{files}], union_by_name = true)").fetchall()}
+
+    def committed_parts(self, con) -> dict[str, list[Path]]:
+        """Table -> the files its view reads now: every part of `runs`, and of the other tables the
+        empty part plus the parts of committed runs (what `view_statements(files=...)` defines the
+        views over; `con` reads `runs`)."""
+        committed = self._committed_runs(con)
+        files = {"runs": self.parts("runs")}
+        for name in TABLE_NAMES:
+            if name != "runs":
+                files[name] = [p for p in self.parts(name) if p.name == _EMPTY_PART or part_run(p) in committed]
+        return files
 
     def read(self, name: str, columns: list[str] | None = None) -> pa.Table:
         """The whole table as Arrow (small tables; use `connect()` and SQL for big ones)."""
@@ -265,33 +327,65 @@ class Store:
             con.execute(statement)
         return con
 
-    def ensure_catalog(self) -> None:
+    def ensure_catalog(self, force: bool = False) -> None:
         """Write catalog.duckdb when missing or when its view definitions changed.
 
         The views read each table folder by glob, so new parts show up without a rewrite; only a new
         layout, a new macro or a moved store needs one (a stamp of the statements tells).
-        """
-        stamp = self.root / ".catalog.sha256"
-        digest = hashlib.sha256("\n".join(view_statements(self)).encode()).hexdigest()
-        if (self.root / CATALOG).exists() and stamp.exists() and stamp.read_text() == digest:
-            return
-        self.refresh_catalog()
-        atomic_write(stamp, digest)
 
-    def refresh_catalog(self) -> None:
-        """Rewrite catalog.duckdb (atomically) so the DuckDB CLI sees the current views."""
+        A catalog that does not open, or lacks a view, is written again even when its stamp matches
+        (a garbled file); `force` writes it in any case.
+        """
+        if not force and self.catalog_state() is None:
+            return
+        digest = self._catalog_digest()
+        self.refresh_catalog()
+        atomic_write(self.root / ".catalog.sha256", digest)
+
+    def _catalog_digest(self) -> str:
+        return hashlib.sha256("\n".join(view_statements(self)).encode()).hexdigest()
+
+    def catalog_state(self) -> str | None:
+        """None when catalog.duckdb holds the current views; else why not: CATALOG_MISSING,
+        CATALOG_OUT_OF_DATE (its stamp is not of this code's views), or a problem of the file
+        ("does not open (...)", "lacks the view(s) ...")."""
         import duckdb
 
-        def build(tmp: Path) -> None:
-            try:
-                with duckdb.connect(str(tmp)) as con:
-                    for statement in view_statements(self):
-                        con.execute(statement)
-                    con.execute("CHECKPOINT")
-            finally:
-                Path(f"{tmp}.wal").unlink(missing_ok=True)  # empty after the checkpoint
+        path, stamp = self.root / CATALOG, self.root / ".catalog.sha256"
+        if not path.exists():
+            return CATALOG_MISSING
+        try:
+            # Opening is cheap (no view is bound, so no part is read): a few milliseconds per writer.
+            with duckdb.connect(str(path), read_only=True) as con:
+                views = {v for (v,) in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+        except duckdb.Error as exc:
+            text = str(exc).lower()
+            if "could not set lock" in text or "conflicting lock" in text:  # open in another process (the DuckDB CLI)
+                return None
+            return f"does not open ({_reason(exc)})"
+        missing = sorted({*TABLE_NAMES, "difficulty"} - views)
+        if missing:
+            return f"lacks the view(s) {', '.join(missing)}"
+        try:
+            current = stamp.read_text() == self._catalog_digest()
+        except OSError:
+            current = False
+        return None if current else CATALOG_OUT_OF_DATE
 
-        atomic_write(self.root / CATALOG, build)
+    def refresh_catalog(self) -> None:
+        """Rewrite catalog.duckdb (atomically) so the DuckDB CLI sees the current views.
+
+        Built in a private temporary folder, then copied: DuckDB reads a `?` in a database path as
+        the start of options and puts the write-ahead log elsewhere (`s?1/c.duckdb` -> `s.wal?1/...`)."""
+        import duckdb
+
+        with tempfile.TemporaryDirectory(prefix="pebr-catalog-") as folder:
+            built = Path(folder) / CATALOG
+            with duckdb.connect(str(built)) as con:
+                for statement in view_statements(self):
+                    con.execute(statement)
+                con.execute("CHECKPOINT")
+            atomic_write(self.root / CATALOG, lambda tmp: shutil.copyfile(built, tmp))
 
 
 def part_run(part: Path) -> str | None:
@@ -308,6 +402,84 @@ def code_version() -> str:
         return f"pebr {version('pebr')}"
     except PackageNotFoundError:
         return "pebr (not installed)"
+
+
+# -- errors that a store file or the disk caused, in one line -------------------------------------------
+
+_DISK_ERRORS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                errno.EROFS: "read-only file system", errno.EFBIG: "file too large", errno.EIO: "input/output error"}
+_QUOTED_PATH = re.compile("'(/[^']+)'|\"(/[^\"]+)\"")
+_STORE_FILE = re.compile(r"(?P<root>.+)/(?P<rel>(?:tables/[^/]+|cache/difficulty)/[^/]+\.parquet|catalog\.duckdb)")
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of an error's message, without DuckDB's "<Kind> Error: " prefix."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc).strip()
+    return re.sub(r"^[A-Za-z ]*Error: ", "", text.splitlines()[0]) if text else type(exc).__name__
+
+
+def _from_duckdb(exc: BaseException) -> bool:
+    return type(exc).__module__.lstrip("_").startswith("duckdb")
+
+
+def store_error(exc: BaseException) -> PebrError | None:
+    """The one line a user needs for an error that a store file or the disk caused; None for any other.
+    For a command line or an API: ``raise (store_error(exc) or exc)``. The `curate` commands all do.
+
+    - A Parquet part, cache file or catalog that DuckDB cannot read (truncated, garbled): names the file
+      and points at `curate check --repair`, which moves it to quarantine.
+    - A full disk (or quota, read-only file system, I/O error), from Python or from DuckDB: says so, and
+      that the store is consistent (a part is published whole or not at all, a run counts once committed).
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:  # the error, then what it was raised from (or during)
+        seen.add(id(exc))
+        error = _store_error(exc)
+        if error is not None:
+            return error
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _store_error(exc: BaseException) -> PebrError | None:
+    broken = _broken_file(exc)
+    if broken is not None:
+        return broken
+    reason = where = None
+    if isinstance(exc, OSError) and exc.errno in _DISK_ERRORS:
+        reason, where = _DISK_ERRORS[exc.errno], exc.filename
+    elif _from_duckdb(exc):
+        text = str(exc).lower()
+        reason = next((message for message in _DISK_ERRORS.values() if message in text), None)
+    if reason is None:
+        return None
+    return PebrError(f"{reason}{f' ({where})' if where else ''}: make room and run the command again; the store is "
+                     "consistent (parts are published whole or not at all, a run counts once committed, an "
+                     "interrupted score run resumes; `curate check` verifies it)")
+
+
+def _broken_file(exc: BaseException) -> PebrError | None:
+    """`store_error` for a DuckDB error naming a store file it could not read."""
+    if not _from_duckdb(exc):
+        return None
+    head = str(exc).split("\n\n")[0]  # DuckDB's message, before the SQL it quotes
+    if "could not set lock" in head.lower():
+        return None  # a database file open in another process: nothing is broken
+    for match in _QUOTED_PATH.finditer(head):
+        path = match.group(1) or match.group(2)
+        found = _STORE_FILE.fullmatch(path)
+        if found is None or not Path(path).is_file():
+            continue
+        import shlex
+
+        root, rel = found["root"], found["rel"]
+        reason = re.sub(r"\s+", " ", _reason(exc).replace(f"'{path}'", "").replace(f'"{path}"', "")).replace(" :", ":")
+        return PebrError(f"{rel} of the store {root} is broken ({reason.strip()}); "
+                         f"`curate check --repair --store {shlex.quote(root)}` moves it to quarantine and makes the "
+                         "store consistent (`curate check` lists what is wrong)")
+    return None
 
 
 def _chain(first: pa.Table, rest: Iterable[pa.Table]) -> Iterator[pa.Table]:

@@ -6,6 +6,8 @@ difficulty module (which reads and caches them) both build on it without importi
 
 from __future__ import annotations
 
+import glob
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from schemas import REWARD_COLUMNS
@@ -22,6 +24,29 @@ def sql_literal(text: str | Path) -> str:
     """
     text = text.as_posix() if isinstance(text, Path) else text
     return "'" + text.replace("'", "''") + "'"
+
+
+def sql_file(path: str | Path, pattern: str = "") -> str:
+    """A path for DuckDB's readers (read_parquet, read_json, ...) as a quoted SQL literal.
+
+    DuckDB globs every path it reads, so `[`, `]`, `?` and `*` in a folder name would match other
+    folders (a store at `sb[1]` read `sb1`); they are escaped here. `pattern`, appended unescaped, is
+    a glob of the caller's own (`*.parquet`).
+
+    >>> sql_file(Path("/data/sb[1]/it's"), "*.parquet")
+    "'/data/sb[[]1]/it''s/*.parquet'"
+    """
+    text = glob.escape(path.as_posix() if isinstance(path, Path) else path)
+    return sql_literal(f"{text.rstrip('/')}/{pattern}" if pattern else text)
+
+
+def sql_identifier(name: str) -> str:
+    '''A name as a quoted SQL identifier.
+
+    >>> print(sql_identifier('my "id"'))
+    "my ""id"""
+    '''
+    return '"' + str(name).replace('"', '""') + '"'
 
 
 MACROS = [
@@ -70,21 +95,28 @@ FROM {agg}"""
 DIFFICULTY_SQL = "CREATE OR REPLACE VIEW difficulty AS\n" + from_agg(f"({agg_sql('rollouts')}) agg")
 
 
-def view_statements(store) -> list[str]:
+def view_statements(store, files: Mapping[str, Sequence[Path]] | None = None) -> list[str]:
     """SQL that defines the macros and views of `store` (a `curate.store.Store`: only its
-    `table_dir` is used); the catalog file and every connection run it."""
+    `table_dir` is used); the catalog file and every connection run it.
+
+    By default each view reads its table folder by (escaped) glob, so parts written later show up,
+    and keeps the rows of committed runs. With `files` (table -> the committed parts, see
+    `Store.committed_parts`) each view reads exactly those files: what the locked connection of user
+    SQL may open (`curate.sql.reader`), where a glob would need the whole folder."""
 
     def scan(name: str) -> str:
-        return f"read_parquet({sql_literal(store.table_dir(name) / '*.parquet')}, union_by_name = true)"
+        if files is not None:
+            return f"read_parquet([{', '.join(sql_file(p) for p in files[name])}], union_by_name = true)"
+        return f"read_parquet({sql_file(store.table_dir(name), '*.parquet')}, union_by_name = true)"
+
+    def committed(column: str) -> str:  # listed files are committed parts already
+        return "" if files is not None else f" WHERE {column} IN (SELECT run_id FROM runs)"
 
     return [
         *MACROS,
         f"CREATE OR REPLACE VIEW runs AS SELECT * FROM {scan('runs')}",
-        f"CREATE OR REPLACE VIEW samples AS SELECT * FROM {scan('samples')} "
-        "WHERE ingest_run IN (SELECT run_id FROM runs)",
-        f"CREATE OR REPLACE VIEW rejects AS SELECT * FROM {scan('rejects')} "
-        "WHERE ingest_run IN (SELECT run_id FROM runs)",
-        f"CREATE OR REPLACE VIEW rollouts AS SELECT * FROM {scan('rollouts')} "
-        "WHERE run_id IN (SELECT run_id FROM runs)",
+        f"CREATE OR REPLACE VIEW samples AS SELECT * FROM {scan('samples')}{committed('ingest_run')}",
+        f"CREATE OR REPLACE VIEW rejects AS SELECT * FROM {scan('rejects')}{committed('ingest_run')}",
+        f"CREATE OR REPLACE VIEW rollouts AS SELECT * FROM {scan('rollouts')}{committed('run_id')}",
         DIFFICULTY_SQL,
     ]

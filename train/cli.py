@@ -11,7 +11,16 @@ from typing import Annotated, Optional
 import typer
 
 from schemas import TRAIN_STAGES
-from schemas.cli import console, progress_bar, run_app, status
+from schemas.cli import (
+    cell,
+    console,
+    esc,
+    file_option,
+    folder_option,
+    progress_bar,
+    run_app,
+    status,
+)
 from schemas.cli import default_option as _opt
 from train.config import (
     EvalConfig,  # option defaults are read from it (cheap: no torch)
@@ -30,7 +39,7 @@ app = typer.Typer(
 
 @app.command("init-tiny")
 def init_tiny(
-    out: Annotated[Path, typer.Option(help="Directory to write the model to.")],
+    out: Annotated[Path, typer.Option(help="Directory to write the model to.", callback=folder_option("--out"))],
     corpus: Annotated[Optional[Path], typer.Option(help="JSONL whose problem/response/answer texts train the tokenizer.")] = None,
     seed: Annotated[int, typer.Option(help="Weight and tokenizer seed.")] = 0,
     size: Annotated[Optional[list[str]], typer.Option(help="Override a TinyModelConfig field: key=value (repeatable).")] = None,
@@ -64,7 +73,7 @@ def init_tiny(
         except (TypeError, ValueError) as exc:
             raise PebrError(f"--size: {exc}") from None
     name = {"qwen2_vl": "Qwen2-VL", "qwen2_5_vl": "Qwen2.5-VL"}[arch]
-    console().print(f"tiny {name} written to [bold]{path}[/bold]")
+    console().print(f"tiny {name} written to [bold]{esc(path)}[/bold]")
 
 
 @app.command()
@@ -72,7 +81,8 @@ def run(
     stage: Annotated[str, typer.Option(help=" | ".join(TRAIN_STAGES))],
     model: Annotated[Path, typer.Option(help="Model directory to start from.")],
     data: Annotated[Path, typer.Option(help="Stage dataset dir from `curate select`, or JSONL/Parquet records.")],
-    out: Annotated[Path, typer.Option(help="Output directory (model, checkpoints, TensorBoard logs, run record).")],
+    out: Annotated[Path, typer.Option(help="Output directory (model, checkpoints, TensorBoard logs, run record).",
+                                      callback=folder_option("--out"))],
     recipe: Annotated[Optional[Path], typer.Option(help="Recipe YAML (pipelines/pebr.yaml, pipelines/demo.yaml).")] = None,
     image_root: Annotated[Optional[Path], typer.Option(help="Folder image paths are relative to (default: the data file's).")] = None,
     resume: Annotated[bool, typer.Option(help="Resume from the last checkpoint in --out.")] = False,
@@ -88,23 +98,24 @@ def run(
 
     cfg = stage_config(stage, load_recipe(recipe), parse_overrides(set_ or []))
     out_console = console()
-    out_console.print(f"[bold]{stage}[/bold] with " + ", ".join(f"{k}={v}" for k, v in asdict(cfg).items()), highlight=False)
+    out_console.print(f"[bold]{esc(stage)}[/bold] with " + ", ".join(esc(f"{k}={v}") for k, v in asdict(cfg).items()),
+                      highlight=False)
     if stage == "warmup":
         from train.warmup import run_warmup
 
         r = run_warmup(model, data, out, cfg, image_root=image_root, resume=resume, callbacks=[_progress_callback()])
         if r.skipped:
-            out_console.print(f"[yellow]not trained on: {r.skipped}[/yellow]")
+            out_console.print(f"[yellow]not trained on: {esc(r.skipped)}[/yellow]")
         out_console.print(f"warm-up: {r.rows} rows, {r.steps} steps, loss {r.first_loss:.3f} -> {r.last_loss:.3f} "
-                          f"in {r.seconds:.0f} s; model in [bold]{out}[/bold]")
+                          f"in {r.seconds:.0f} s; model in [bold]{esc(out)}[/bold]")
         return
     from train.grpo import run_stage
 
     r = run_stage(model, data, out, cfg, image_root=image_root, resume=resume, callbacks=[_progress_callback()])
     if r.skipped:
-        out_console.print(f"[yellow]not trained on: {r.skipped}[/yellow]")
+        out_console.print(f"[yellow]not trained on: {esc(r.skipped)}[/yellow]")
     fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
-    out_console.print(f"{stage}: {r.steps} steps in {r.seconds:.0f} s; model in [bold]{out}[/bold]")
+    out_console.print(f"{esc(stage)}: {r.steps} steps in {r.seconds:.0f} s; model in [bold]{esc(out)}[/bold]")
     out_console.print(f"zero-advantage groups: predicted {fmt(r.predicted_zero_adv)}, observed {fmt(r.observed_zero_adv)}")
 
 
@@ -152,8 +163,10 @@ def eval_(
     recipe: Annotated[Optional[Path], typer.Option(help="Recipe YAML: its `eval` section gives the settings; flags override them.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override an EvalConfig field: key=value (repeatable).")] = None,
     image_root: Annotated[Optional[Path], typer.Option(help="Folder image paths are relative to.")] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON here.")] = None,
-    responses: Annotated[Optional[Path], typer.Option(help="Write every response with its grade (JSONL).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON here.",
+                                                     callback=file_option("--json"))] = None,
+    responses: Annotated[Optional[Path], typer.Option(help="Write every response with its grade (JSONL).",
+                                                      callback=file_option("--responses"))] = None,
 ) -> None:
     """Accuracy per capability and source on a held-out set, as a table and JSON.
 
@@ -181,12 +194,12 @@ def eval_(
             bar.advance(task, advance)
 
         result = evaluate(model, data, cfg, image_root=image_root, progress=progress, responses_out=responses)
-    table = Table(title=f"{model} on {data}")
+    table = Table(title=f"{esc(model)} on {esc(data)}")
     for col in ("group", "n", "accuracy"):
         table.add_column(col)
     for kind, groups in (("capability", result.by_capability), ("source", result.by_source)):
         for name, v in groups.items():
-            table.add_row(f"{kind}: {name}", str(v["n"]), f"{v['accuracy']:.3f}")
+            table.add_row(cell(f"{kind}: {name}"), str(v["n"]), f"{v['accuracy']:.3f}")
     table.add_row("[bold]all", str(result.n), f"[bold]{result.accuracy:.3f}")
     console().print(table)
     if json_out:

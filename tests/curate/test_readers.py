@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import tracemalloc
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -168,8 +173,10 @@ def test_dataset_saved_to_disk(tmp_path):
     assert [r.value for r in read(tmp_path / "hf", "test")] == rows
 
 
-def test_dataset_with_images_yields_pil_images(tmp_path):
+def test_dataset_with_images_yields_undecoded_image_structs(tmp_path):
     datasets = pytest.importorskip("datasets")
+    import io
+
     from PIL import Image
 
     ds = datasets.Dataset.from_dict(
@@ -178,8 +185,9 @@ def test_dataset_with_images_yields_pil_images(tmp_path):
     ds.save_to_disk(str(tmp_path / "hf"))
     (got,) = read(tmp_path / "hf")
     (image,) = got.value["images"]
-    assert isinstance(image, Image.Image) and image.size == (40, 30)
-    assert image.convert("RGB").getpixel((0, 0)) == (255, 0, 0)
+    assert set(image) == {"bytes", "path"} and isinstance(image["bytes"], bytes), "ingest decodes, not the reader"
+    with Image.open(io.BytesIO(image["bytes"])) as im:
+        assert im.size == (40, 30) and im.convert("RGB").getpixel((0, 0)) == (255, 0, 0)
 
 
 def test_dataset_dict_splits(tmp_path):
@@ -234,3 +242,206 @@ def test_unreadable_arrow_file_is_a_clear_error(tmp_path, hf_cache):
     path.write_bytes(b"garbage")
     with pytest.raises(PebrError, match=r"junk.arrow: could not be read as arrow"):
         read(path)
+
+
+# -- hostile records: each is a record the reader hands back, never an exception (issue 15) ---------
+
+DEEP = "[" * 200_000 + "]" * 200_000
+HUGE_INT = "9" * 5000
+
+
+@contextlib.contextmanager
+def deadline(seconds: float):
+    """Fail instead of hanging: a blocking open or read is interrupted after `seconds`."""
+    def expire(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def test_jsonl_line_nested_too_deep_is_one_bad_json_record(tmp_path):
+    path = tmp_path / "d.jsonl"
+    deep = '{"qid": "deep", "x": ' + DEEP + "}"
+    path.write_text("\n".join([json.dumps(record("q1")), deep, json.dumps(record("q2"))]) + "\n")
+    got = read(path)
+    assert [r.index for r in got] == [0, 1, 2]
+    assert (got[1].value, got[1].raw) == (None, deep)
+    assert got[1].error == ("bad_json", "not JSON: nested deeper than the parser allows")
+    assert (got[0].value, got[2].value) == (record("q1"), record("q2"))
+
+
+def test_jsonl_integer_too_long_for_python_is_one_bad_field_record(tmp_path):
+    path = tmp_path / "d.jsonl"
+    big = '{"qid": "big", "answer": ' + HUGE_INT + "}"
+    path.write_text("\n".join([big, json.dumps(record("q2"))]) + "\n")
+    got = read(path)
+    assert [r.index for r in got] == [0, 1]
+    assert got[0].value is None and got[0].raw == big
+    reason, message = got[0].error
+    assert reason == "bad_field" and message.startswith("a number too long to read: ")
+    assert got[1].value == record("q2")
+
+
+def test_json_array_hostile_elements_are_records_of_their_own(tmp_path):
+    path = tmp_path / "arr.json"
+    deep = '{"qid": "deep", "x": ' + DEEP + "}"
+    big = '{"qid": "big", "answer": -' + HUGE_INT + "}"
+    path.write_text("[" + ",\n".join([json.dumps(record("q1")), deep, big, '"a ] string"', json.dumps(record("q2"))]) + "]")
+    got = read(path)
+    assert [r.index for r in got] == [0, 1, 2, 3, 4]
+    assert got[1].value is None and got[1].error == ("bad_json", "not JSON: nested deeper than the parser allows")
+    assert got[1].raw == deep[:10_000], "the raw text of a rejected element is its text, cut at 10,000 characters"
+    assert got[2].value is None and got[2].error[0] == "bad_field" and got[2].raw == big[:10_000]
+    assert got[3].error[0] == "not_an_object"
+    assert (got[0].value, got[4].value) == (record("q1"), record("q2"))
+
+
+ARRAY_VALUES = [
+    record("q1"), 12345678, -0.5e-3, 'a "quoted" [string] {with} brackets, commas: \\ and \u00e9', [1, [2, {"a": "]"}]],
+    None, True, {}, [], record("q2", problem="\u00e9 \u00fc \U0001F600 <image>"), {"k": "\\\"", "deep": [[[[[]]]]]},
+]
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 64, 1 << 20])
+def test_json_array_is_read_in_pieces_of_any_size(tmp_path, monkeypatch, chunk):
+    from curate import readers
+
+    monkeypatch.setattr(readers, "CHUNK_CHARS", chunk)
+    path = tmp_path / "arr.json"
+    hostile = ['{"n": ' + "[" * 3000 + "]" * 3000 + "}", '{"answer": ' + HUGE_INT + "}"]
+    text = "[" + ", ".join([json.dumps(v, indent=1) for v in ARRAY_VALUES] + hostile + ["7"]) + " ]  \n"
+    path.write_text(text, encoding="utf-8")
+    got = read(path)
+    want = [readers._record(i, v, None) for i, v in enumerate(ARRAY_VALUES)]
+    assert got[:len(ARRAY_VALUES)] == want
+    deep, big, seven = got[len(ARRAY_VALUES):]
+    assert (deep.error[0], big.error[0], seven.error[0]) == ("bad_json", "bad_field", "not_an_object")
+    assert [r.index for r in got] == list(range(len(ARRAY_VALUES) + 3))
+
+
+@pytest.mark.parametrize("text", ['[{"a": 1}, {"b": ', '[{"a": 1}] trailing', '[1,]', '[1 2]', '[', '[{"a": 1}, "open'])
+def test_broken_json_array_is_one_clear_error(tmp_path, monkeypatch, text):
+    from curate import readers
+
+    monkeypatch.setattr(readers, "CHUNK_CHARS", 3)
+    path = tmp_path / "bad.json"
+    path.write_text(text)
+    with pytest.raises(PebrError, match=r"bad.json: not a readable JSON array .*for per-record recovery use JSONL"):
+        read(path)
+
+
+def test_json_array_element_over_the_record_limit_is_a_clear_error(tmp_path, monkeypatch):
+    from curate import readers
+
+    monkeypatch.setattr(readers, "MAX_RECORD_CHARS", 1000)
+    path = tmp_path / "arr.json"
+    path.write_text(json.dumps([record("q1"), {"problem": "x" * 5000}]))
+    with pytest.raises(PebrError, match=r"arr.json: record 1 is over 1,000 characters"):
+        read(path)
+
+
+def test_jsonl_line_over_the_record_limit_is_a_reject_and_reading_goes_on(tmp_path, monkeypatch):
+    from curate import readers
+
+    monkeypatch.setattr(readers, "MAX_RECORD_BYTES", 1000)
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join([json.dumps(record("q1")), json.dumps({"problem": "x" * 5000}), json.dumps(record("q2"))]) + "\n")
+    got = read(path)
+    assert [r.index for r in got] == [0, 1, 2]
+    size = len(json.dumps({"problem": "x" * 5000}))
+    assert got[1].value is None and got[1].error == ("record_too_large", f"a record of {size:,} bytes, over the limit of 1,000")
+    assert got[1].raw == json.dumps({"problem": "x" * 5000})[:1000]
+    assert (got[0].value, got[2].value) == (record("q1"), record("q2"))
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "link to a device"])
+def test_input_that_is_not_a_regular_file_is_one_clear_error(tmp_path, kind):
+    path = tmp_path / "in.jsonl"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "device":
+        path = Path("/dev/zero")
+    else:
+        path.symlink_to("/dev/zero")
+    with deadline(20), pytest.raises(PebrError, match=r": not a regular file or a dataset folder"):
+        read(path)
+
+
+def test_folder_with_a_fifo_that_is_not_a_saved_dataset(tmp_path):
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    os.mkfifo(folder / "data-00000-of-00001.arrow")
+    write_jsonl(folder / "d.jsonl", [record("q1")])
+    with deadline(20), pytest.raises(PebrError, match=r"plain: not a dataset saved with save_to_disk"):
+        read(folder)
+
+
+def test_jsonl_is_streamed_not_read_whole(tmp_path):
+    """Reading holds about one line at a time: Python's peak allocation stays far below the file's size."""
+    path = tmp_path / "big.jsonl"
+    line = json.dumps(record("q", problem="How many circles are in <image>? " + "x" * 1000)) + "\n"
+    with open(path, "w") as f:
+        f.writelines(line for _ in range(16_000))
+    size = path.stat().st_size
+    tracemalloc.start()
+    try:
+        n = sum(1 for _ in read_records(path))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert n == 16_000
+    assert peak < size / 8, f"peak {peak:,} bytes while reading a {size:,}-byte file"
+
+
+def test_json_array_is_streamed_not_read_whole(tmp_path):
+    path = tmp_path / "big.json"
+    element = json.dumps(record("q", problem="How many circles are in <image>? " + "x" * 1000))
+    with open(path, "w") as f:
+        f.write("[")
+        f.write(",\n".join([element] * 16_000))
+        f.write("]")
+    size = path.stat().st_size
+    tracemalloc.start()
+    try:
+        n = sum(1 for _ in read_records(path))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert n == 16_000
+    assert peak < size / 3, f"peak {peak:,} bytes while reading a {size:,}-byte file"
+
+
+def _path_only_dataset(folder: Path, image_paths: list) -> Path:
+    """A save_to_disk folder whose Image column holds paths, not bytes (as older `datasets` wrote them;
+    today's save_to_disk embeds the files)."""
+    datasets = pytest.importorskip("datasets")
+    n = len(image_paths)
+    feats = datasets.Features({"qid": datasets.Value("string"), "problem": datasets.Value("string"),
+                               "answer": datasets.Value("string"), "images": datasets.List(datasets.Image())})
+    struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    table = pa.table({"qid": [f"p{i}" for i in range(n)], "problem": ["What is in <image>?"] * n, "answer": ["x"] * n,
+                      "images": pa.array([[{"bytes": None, "path": p}] for p in image_paths], pa.list_(struct))})
+    datasets.Dataset.from_list([{"qid": "x", "problem": "p", "answer": "a", "images": []}],
+                               features=feats).save_to_disk(str(folder))
+    schema = table.schema.with_metadata({b"huggingface": json.dumps({"info": {"features": feats.to_dict()}}).encode()})
+    with pa.ipc.new_stream(str(folder / "data-00000-of-00001.arrow"), schema) as w:
+        w.write_table(table.cast(schema))
+    return folder
+
+
+def test_dataset_images_are_not_decoded_by_the_reader(tmp_path):
+    """Image columns come as {bytes, path} structs: ingest decodes them itself, under its pixel bound,
+    and checks every path against the image root (datasets would open any path it holds)."""
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), "red").save(tmp_path / "outside.png")
+    folder = _path_only_dataset(tmp_path / "hf", [str(tmp_path / "outside.png"), "rel/a.png"])
+    got = read(folder)
+    assert [r.value["images"] for r in got] == [[{"bytes": None, "path": str(tmp_path / "outside.png")}],
+                                                [{"bytes": None, "path": "rel/a.png"}]]
