@@ -56,7 +56,7 @@ from curate.store import (
     Store,
 )
 from schemas import SCHEMA_VERSION, TABLE_NAMES
-from schemas.io import atomic_write, file_lock, process_label
+from schemas.io import atomic_write, file_lock, process_label, sha256_file
 
 __all__ = ["QUARANTINE", "CheckReport", "Finding", "check_store"]
 
@@ -166,14 +166,6 @@ def _type_name(t) -> str:
     if pa.types.is_list(t) or pa.types.is_large_list(t):
         return f"list<{_type_name(t.value_type)}>"
     return str(t)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _key(path: Path) -> tuple:
@@ -382,7 +374,7 @@ class _Scan:
             else:
                 key = ("sha256", *_key(path))
                 if key not in self.memo:
-                    self.memo[key] = _sha256(path)
+                    self.memo[key] = sha256_file(path)
                 stem = Path(rel).name.split(".")[0]
                 if _DIGEST.fullmatch(stem) and self.memo[key] != stem:
                     problem = "its content does not match its name (corrupt)"

@@ -10,7 +10,6 @@ through Python with a small cache of image bytes, so memory stays bounded by one
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections import OrderedDict
@@ -113,14 +112,6 @@ def _read_store_file(root: Path, rel: str) -> bytes:
         from schemas.errors import PebrError
 
         raise PebrError(f"image {rel} is missing from the store at {root} (was the store's images/ folder changed?)") from None
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_parquet(con, query: str, path: Path, store_root: Path, images: str = "path") -> int:

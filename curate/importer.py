@@ -17,7 +17,6 @@ records (its non-blank lines) and reported.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -30,6 +29,7 @@ from curate.difficulty import warm_cache
 from curate.store import Store, new_run_id, sql_file, sql_literal
 from curate.views import sql_identifier
 from schemas.errors import PebrError
+from schemas.io import sha256_file
 
 MAX_RECORD_BYTES = 16 << 20
 """Records up to this length are always read (DuckDB's reader takes up to twice as much, and at
@@ -53,14 +53,6 @@ class ImportReport:
     unmatched_qids: int = 0
     already_imported: str | None = None
     """The earlier run that imported the same dump (same content, same options), when nothing was done."""
-
-
-def _dump_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _sniff(path: Path) -> str:
@@ -110,7 +102,7 @@ def import_rollouts(store: Store, path: Path, source: str | None = None, fmt: st
     # The dump's hash (1.4 s for 2 M lines here) runs beside the import, with the GIL released; it is
     # awaited first only when an earlier import read a dump of the same size.
     hasher = ThreadPoolExecutor(1)
-    digest = hasher.submit(_dump_sha256, path)
+    digest = hasher.submit(sha256_file, path)
     hasher.shutdown(wait=False)
     size = path.stat().st_size
     options = {"format": fmt, "qid_field": qid_field, "source": source, "correct_threshold": float(correct_threshold)}

@@ -31,7 +31,6 @@ from curate.export import (
     IMAGE_MODES,
     llamafactory_dataset_info,
     record_rows,
-    sha256_file,
     shard_name,
     write_json_records,
     write_shards,
@@ -58,7 +57,7 @@ from curate.store import Store, code_version, sql_file, sql_literal
 from generation.prompt import PROMPT_TEMPLATE, check_template
 from schemas import REWARD_COLUMNS, STAGE_SHARDS
 from schemas.errors import PebrError
-from schemas.io import atomic_write, file_lock, process_label
+from schemas.io import atomic_write, file_lock, process_label, sha256_file
 
 FORMATS = ("parquet", "easyr1", "sharegpt")
 MANIFEST_NAME = "manifest.json"

@@ -137,3 +137,14 @@ def file_lock(path: str | Path, holder: str, wait: float = 0.0,
             os.ftruncate(fd, 0)
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def sha256_file(path: str | Path) -> str:
+    """The sha256 of a file's content, read in 1 MiB pieces (the GIL is released while hashing)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -264,7 +264,7 @@ def test_manifest_and_datasets_load(tmp_path, mixed):
     assert manifest["counts"]["by_source"] == by_source == {"alpha": 4, "beta": 16}
     assert manifest["counts"]["by_band"] == {"easy": 20}
     assert manifest["run"]["run_id"] == r.run_id and manifest["run"]["kind"] == "import"
-    from curate.export import sha256_file
+    from schemas.io import sha256_file
 
     assert manifest["files"] == {f.name: {"sha256": sha256_file(f)} for f in [*_shards(r.out), r.out / "select_drops.parquet"]}
     assert manifest["zero_advantage"]["accuracy_predicted"] == pytest.approx(_beta_pdeg(8, 8, 8))
