@@ -539,6 +539,10 @@ def _select_into(store: Store, opts: SelectOptions, band: str, claim: _Claim) ->
             raise
         drops_done.result()
         drops.shutdown()
+        expected = sum(n for *_, n in counts)
+        if rows != expected:  # the difficulty rows name samples the store no longer holds
+            raise PebrError(f"{expected - rows:,} of the {expected:,} selected samples are missing from the store "
+                            "(a samples part was lost?); run `curate check --repair`, then select again")
         files = {name: sha256_file(out / name) for name in [*shards, DROPS_FILE]}
         skipped = 0
         if opts.format != "parquet":

@@ -275,3 +275,18 @@ def test_two_processes_cannot_interleave(tmp_path, store):
     assert r.returncode == 0, r.stderr
     assert _tree(out) == {"manifest.json", "select_drops.parquet", "train-00000-of-00001.parquet"}
     assert os.path.exists(select_lock(out))
+
+
+def test_a_lost_samples_part_stops_the_selection_instead_of_writing_fewer_rows(tmp_path):
+    make_image(tmp_path / "imgs" / "a.png")
+    rows = [record(f"e{i}", problem=f"Question {i} <image>?", images=["a.png"]) for i in range(5)]
+    dump = [{"qid": f"e{i}", "response": "r", "score": {"accuracy": 1.0}} for i in range(5) for _ in range(4)]
+    s = Store(tmp_path / "store")
+    ingest(s, IngestOptions(path=write_jsonl(tmp_path / "data.jsonl", rows), image_root=tmp_path / "imgs", source="toy"))
+    import_rollouts(s, write_jsonl(tmp_path / "dump.jsonl", dump))
+    select_stage(s, SelectOptions(stage="perception", out=tmp_path / "ok"))  # the run's difficulty rows are cached
+    for part in s.table_dir("samples").glob("part-ingest-*.parquet"):
+        part.unlink()
+    with pytest.raises(PebrError, match="5 of the 5 selected samples are missing from the store"):
+        select_stage(s, SelectOptions(stage="perception", out=tmp_path / "lost"))
+    assert not (tmp_path / "lost" / "manifest.json").exists()
