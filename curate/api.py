@@ -147,10 +147,10 @@ class StoreView:
         """Write a stage dataset, as `curate select --stage STAGE --out OUT` does; `options` are the
         fields of curate.select.SelectOptions (run, sources, capabilities, quota, cap, seed, where,
         easy_min, hard_max, group_size, images, format, shard_rows, force, ...)."""
-        from curate.select import SelectOptions, select_stage
+        from curate.select import SelectOptions, select_options, select_stage
 
-        _check_names("select", options, _field_names(SelectOptions) - {"stage", "out"})
-        return select_stage(self.store, SelectOptions(stage=stage, out=Path(out), **options))
+        _check_names("select", options, _field_names(SelectOptions) - {"stage", "out"} | {"format_prompt"})
+        return select_stage(self.store, select_options(stage, out, options))
 
     def score(self, model: str | Path, *, progress: Callable[[int, int | None], None] | None = None,
               **options: Any) -> ScoreReport:
@@ -165,19 +165,10 @@ class StoreView:
         """
         from curate import score as scoring
 
-        top = _field_names(scoring.ScoreOptions) - {"model"}
-        # The config classes are those ScoreOptions builds by default, looked up when called, so
-        # this follows them wherever the generation layer defines them.
-        defaults = scoring.ScoreOptions(model=str(model))
-        nested = {"sampling": type(defaults.sampling), "engine_options": type(defaults.engine_options)}
-        known = {name: _field_names(cls) for name, cls in nested.items()}
-        _check_names("score", options, top | set().union(*known.values()))
-        given = {k: v for k, v in options.items() if k in top}
-        for attr, names in known.items():
-            fields = {k: v for k, v in options.items() if k in names and k not in top}
-            if fields:
-                given[attr] = dataclasses.replace(given.get(attr, getattr(defaults, attr)), **fields)
-        return scoring.score(self.store, scoring.ScoreOptions(model=str(model), **given), progress=progress)
+        known = (_field_names(scoring.ScoreOptions) | _field_names(scoring.SamplingConfig)
+                 | _field_names(scoring.EngineOptions) | {"format_prompt"}) - {"model"}
+        _check_names("score", options, known)
+        return scoring.score(self.store, scoring.score_options(str(model), options), progress=progress)
 
     # -- display ----------------------------------------------------------------------------
     def __repr__(self) -> str:

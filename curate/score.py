@@ -84,7 +84,8 @@ class ScoreOptions:
 
 def score_options(model: str, values: dict) -> ScoreOptions:
     """ScoreOptions from one flat mapping (a recipe's `score` section merged with the command line):
-    the fields of ScoreOptions, of its SamplingConfig and of its EngineOptions side by side; `rewards`
+    the fields of ScoreOptions, of its SamplingConfig and of its EngineOptions side by side (whole
+    `sampling` / `engine_options` objects or mappings too, single fields overriding them); `rewards`
     a mapping of RewardConfig fields; `format_prompt` a template file (its text becomes `template`).
     Unknown keys and wrong types are one clear error.
 
@@ -102,11 +103,13 @@ def score_options(model: str, values: dict) -> ScoreOptions:
     groups = {name: {f.name for f in dataclasses.fields(cls)} for name, cls in
               (("sampling", SamplingConfig), ("engine_options", EngineOptions))}
     top = {f.name for f in dataclasses.fields(ScoreOptions)} - set(groups) - {"model"}
+    bases = {name: values.pop(name, None) for name in groups}
     unknown = sorted(set(values) - top - set().union(*groups.values()))
     if unknown:
-        known = sorted(top | set().union(*groups.values()) | {"format_prompt"})
+        known = sorted(top | set(groups) | set().union(*groups.values()) | {"format_prompt"})
         raise PebrError(f"score: unknown setting(s) {unknown}; known: {known}")
-    nested = {name: {k: values.pop(k) for k in names if k in values} for name, names in groups.items()}
+    nested = {name: {**(dataclasses.asdict(bases[name]) if dataclasses.is_dataclass(bases[name]) else bases[name] or {}),
+                     **{k: values.pop(k) for k in names if k in values}} for name, names in groups.items()}
     return build(ScoreOptions, {"model": str(model), **values, **nested}, "score")
 
 

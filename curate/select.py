@@ -147,21 +147,28 @@ class SelectReport:
     band: str
     run_id: str
     rows: int
-    band_total: int
-    """Samples of the band in the run before any option narrowed them."""
     by_source: dict[str, int]
     by_capability: dict[str, int]
     zero_advantage: dict
     files: dict[str, str]
     """File name (relative to out) -> sha256."""
-    steps: dict[str, int] = field(default_factory=dict)
-    """Rows left after each selection step, in order."""
     step_counts: list[StepCount] = field(default_factory=list)
-    """What each step kept and dropped, by reason (the rows are in select_drops.parquet)."""
+    """What each step kept and dropped, by reason (the rows are in select_drops.parquet); the band
+    step comes first."""
     rule: str = ""
     """The selection in words: the band's rule, each step's, and the order."""
     manifest: Path | None = None
     skipped_no_response: int = 0
+
+    @property
+    def steps(self) -> dict[str, int]:
+        """Rows left after each selection step, in order."""
+        return {c.step: c.kept for c in self.step_counts}
+
+    @property
+    def band_total(self) -> int:
+        """Samples of the band in the run before any option narrowed them."""
+        return self.step_counts[0].kept
 
 
 def _check(opts: SelectOptions) -> str:
@@ -565,10 +572,9 @@ def _select_into(store: Store, opts: SelectOptions, band: str, claim: _Claim) ->
                                   f"(DESCRIBE SELECT * FROM read_parquet({sql_file(out / shards[0])}))").fetchall())
     finally:
         con.close()
-    report = SelectReport(out=out, stage=opts.stage, band=band, run_id=run_id, rows=rows,
-                          band_total=counts_by_step[0].kept, by_source=by_source, by_capability=by_cap,
-                          zero_advantage=zero, files=files, steps={c.step: c.kept for c in counts_by_step},
-                          step_counts=counts_by_step, rule=_rule(opts, steps), skipped_no_response=skipped)
+    report = SelectReport(out=out, stage=opts.stage, band=band, run_id=run_id, rows=rows, by_source=by_source,
+                          by_capability=by_cap, zero_advantage=zero, files=files, step_counts=counts_by_step,
+                          rule=_rule(opts, steps), skipped_no_response=skipped)
     report.manifest = _write_manifest(store, opts, report, run_row, schema)
     return report
 
