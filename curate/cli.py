@@ -106,11 +106,16 @@ def ingest(
 
 @app.command("import-rollouts")
 def import_rollouts(
-    file: Annotated[Path, typer.Argument(help="rollout_results.jsonl (PeBR/EasyR1) or a verl rollout_data_dir JSONL.")],
+    file: Annotated[Path, typer.Argument(help="rollout_results.jsonl (PeBR/EasyR1), or verl's rollout_data_dir (the folder "
+                                              "of <step>.jsonl files, imported as one run) or one of its files.")],
     source: Annotated[Optional[str], typer.Option(help="Match qids only against samples of this source.")] = None,
     fmt: Annotated[Optional[str], typer.Option("--format", help="pebr | verl (default: sniffed from the first line).")] = None,
-    qid_field: Annotated[Optional[str], typer.Option(help="verl: the field holding the question id.")] = None,
-    correct_threshold: Annotated[float, typer.Option(help="A rollout is correct when its accuracy >= this.")] = 1.0,
+    qid_field: Annotated[Optional[str], typer.Option(help="verl: the key holding the question id, one your reward function "
+                                                     "returns from extra_info (verl dumps every key of its result); "
+                                                     "`curate select --format verl` puts qid in extra_info.")] = None,
+    correct_threshold: Annotated[Optional[float], typer.Option(
+        help="A rollout without its own correctness is correct when its score >= this (pebr: score.accuracy, default "
+             "1.0; verl: the reward, required when records lack `acc`).")] = None,
     again: Annotated[bool, typer.Option("--again", help="Import the dump even when a run already imported it "
                                         "(the same content, by sha256, with the same options).")] = False,
     store: StoreOpt = Path("store"),
@@ -130,11 +135,16 @@ def import_rollouts(
                   "imported; pass --again to import it once more", markup=False, highlight=False, soft_wrap=True)
         return
     out.print(f"run [bold]{esc(r.run_id)}[/bold]: {r.rollouts:,} rollouts from {r.lines:,} lines")
+    out.print("correct: " + "; ".join(f"{esc(rule)} ({n:,} rollouts)" for rule, n in (r.correct_from or {}).items()))
     if r.unreadable:
         out.print(f"[yellow]{r.unreadable:,} line(s) could not be parsed and were skipped[/yellow]")
     if r.unmatched_rollouts:
         out.print(f"[yellow]{r.unmatched_rollouts:,} rollout(s) of {r.unmatched_qids:,} qid(s) match no sample; "
                   "kept with sample_id NULL (query: select * from rollouts where sample_id is null)[/yellow]")
+    if r.truncated:
+        out.print(f"[yellow]{r.truncated:,} response(s) are truncated (the reference dump keeps the first and last 50 "
+                  "characters): kept with truncated = true; pass rates and bands use the dump's accuracy, and "
+                  "`curate regrade` refuses this run[/yellow]")
 
 
 @app.command()
@@ -356,7 +366,7 @@ def select(
     hard_max: Annotated[Optional[float], _opt("Hard when k <= hard_max * n.", default(SelectOptions, "hard_max"))] = None,
     group_size: Annotated[Optional[int], _opt("GRPO group size, for the zero-advantage prediction.", default(SelectOptions, "group_size"))] = None,
     images: Annotated[Optional[str], _opt("path (absolute paths into the store's image folder) | embed (bytes: a self-contained file).", default(SelectOptions, "images"))] = None,
-    fmt: Annotated[Optional[str], typer.Option("--format", help="parquet | easyr1 (+ reference JSON, images, format_prompt.jinja) | sharegpt (+ LLaMA-Factory).", show_default=default(SelectOptions, "format"))] = None,
+    fmt: Annotated[Optional[str], typer.Option("--format", help="parquet | easyr1 (+ reference JSON, images, format_prompt.jinja) | sharegpt (+ LLaMA-Factory) | verl (+ verl/train.parquet).", show_default=default(SelectOptions, "format"))] = None,
     shard_rows: Annotated[Optional[int], _opt("Most rows per Parquet shard; shards are written in parallel.", default(SelectOptions, "shard_rows"))] = None,
     format_prompt: FormatPromptOpt = None,
     recipe: RecipeOpt = None,
@@ -367,6 +377,7 @@ def select(
 
     Example: curate select --stage perception --out stages/perception --coarse-fine-mix 0.5 --seed 1
     """
+    from curate.export import usage
     from curate.select import select_options, select_stage
 
     values = _settings(recipe, "select", dict(
@@ -389,6 +400,10 @@ def select(
                   highlight=False, soft_wrap=True)
     if r.skipped_no_response:
         err.print(f"[yellow]  {r.skipped_no_response} sample(s) without a gold response left out of {esc(fmt)}[/yellow]")
+    for tool, lines in usage(opts.format, r.out, stage).items():
+        err.print(f"  use with {tool}:", highlight=False)
+        for line in lines:
+            err.print(f"    {visible(line)}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()

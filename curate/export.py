@@ -20,6 +20,7 @@ from curate.store import sql_literal
 from generation.prompt import (
     PROMPT_TEMPLATE,
     as_template,
+    complete_marks,
     prompt_macro,
     prompt_parts_sql,
     prompt_sql,
@@ -185,7 +186,9 @@ def write_json_records(rows: Iterator[dict], path: Path, fmt: str, store_root: P
             for row in rows:
                 images = [_copy_image(store_root, rel, image_dir) for rel in row["images"]]
                 if fmt == "easyr1":
-                    rec = {"qid": row["qid"], "problem": row["problem"], "answer": row["answer"], "images": images,
+                    # EasyR1 places images at the marks of the problem only: one mark per image.
+                    problem = complete_marks(row["problem"], len(images), template)
+                    rec = {"qid": row["qid"], "problem": problem, "answer": row["answer"], "images": images,
                            "key_words": row["key_words"], "sample_id": row["sample_id"], "source": row["source"],
                            "capability": row["capability"], "pass_rate": row["pass_rate"]}
                 else:
@@ -202,6 +205,89 @@ def write_json_records(rows: Iterator[dict], path: Path, fmt: str, store_root: P
         return written, skipped
 
     return atomic_write(path, write)
+
+
+def write_verl_parquet(rows: Iterator[dict], path: Path, store_root: Path, stage: str,
+                       template: str = PROMPT_TEMPLATE) -> int:
+    """Write the rows as the Parquet file volcengine/verl's `RLHFDataset` reads as it is (the columns of
+    its own examples/data_preprocess scripts): ``data_source``, ``prompt`` (chat messages whose text
+    holds one ``<image>`` mark per image: verl splits at the marks), ``images`` (bytes embedded: verl
+    opens them from the row), ``ability``, ``reward_model.ground_truth`` and ``extra_info`` (qid,
+    sample_id, key_words, stage: what `rewards.verl.compute_score` reads and returns to the dump).
+    Returns the rows written."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    reader = ImageReader(store_root)
+    image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    schema = pa.schema([
+        ("data_source", pa.string()),
+        ("prompt", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
+        ("images", pa.list_(image)),
+        ("ability", pa.string()),
+        ("reward_model", pa.struct([("style", pa.string()), ("ground_truth", pa.string())])),
+        ("extra_info", pa.struct([("split", pa.string()), ("index", pa.int64()), ("qid", pa.string()),
+                                  ("sample_id", pa.string()), ("key_words", pa.list_(pa.string())),
+                                  ("stage", pa.string()), ("question", pa.string()), ("answer", pa.string()),
+                                  ("pass_rate", pa.float64())])),
+    ], metadata={"huggingface": HF_FEATURES})
+
+    def write(tmp: Path) -> int:
+        written = 0
+        batch: list[dict] = []
+        size = 0
+        with pq.ParquetWriter(tmp, schema, compression=COMPRESSION) as writer:
+            for row in rows:
+                images = [{"bytes": reader.read(rel), "path": os.path.basename(rel)} for rel in row["images"]]
+                batch.append({
+                    "data_source": row["source"],
+                    "prompt": [{"role": "user", "content": prompt_text(row["problem"], len(images), template)}],
+                    "images": images,
+                    "ability": row["capability"] or "unknown",
+                    "reward_model": {"style": "rule", "ground_truth": row["answer"]},
+                    "extra_info": {"split": "train", "index": written, "qid": row["qid"], "sample_id": row["sample_id"],
+                                   "key_words": list(row["key_words"] or []), "stage": stage,
+                                   "question": row["problem"], "answer": row["answer"], "pass_rate": row["pass_rate"]},
+                })
+                written += 1
+                size += sum(len(i["bytes"]) for i in images) + len(row["problem"])
+                if len(batch) >= BATCH_ROWS or size >= IMAGE_BATCH_BYTES:
+                    writer.write_table(pa.Table.from_pylist(batch, schema))
+                    batch, size = [], 0
+            if batch or not written:
+                writer.write_table(pa.Table.from_pylist(batch, schema))
+        return written
+
+    return atomic_write(path, write)
+
+
+def usage(fmt: str, out: Path, stage: str) -> dict[str, list[str]]:
+    """How each trainer reads what a selection wrote into `out`: tool -> the exact lines to use (the
+    CLI prints them; the manifest keeps them under ``use_with``)."""
+    out = Path(out).absolute()
+    shards = (out / "train-*.parquet").as_posix()
+    lines = {"pebr": [f"train run --stage {stage} --data {out} --model MODEL --out OUT"],
+             "trl": [f"train_dataset = datasets.load_dataset('parquet', data_files='{shards}', split='train')",
+                     "GRPOTrainer(model=MODEL, reward_funcs=..., train_dataset=train_dataset, args=GRPOConfig(...))"
+                     "  # columns prompt + images; the others reach reward functions as keyword arguments"]}
+    if fmt == "easyr1":
+        folder = (out / "easyr1").as_posix()
+        lines["easyr1"] = [f"data.train_files={folder}/train.json", f"data.image_dir={folder}",
+                           f"data.format_prompt={folder}/format_prompt.jinja",
+                           "data.prompt_key=problem data.answer_key=answer data.image_key=images"]
+    elif fmt == "verl":
+        import rewards
+
+        reward = (Path(rewards.__file__).parent / "verl.py").as_posix()
+        lines["verl"] = [f"data.train_files={(out / 'verl' / 'train.parquet').as_posix()}",
+                         "data.prompt_key=prompt data.image_key=images",
+                         f"custom_reward_function.path={reward} custom_reward_function.name=compute_score",
+                         "trainer.rollout_data_dir=DUMPS  # then: curate import-rollouts DUMPS --qid-field qid"]
+    elif fmt == "sharegpt":
+        lines["llamafactory"] = [f"dataset_dir: {(out / 'sharegpt').as_posix()}",
+                                 f"dataset: pebr_{stage}  # the entry of its dataset_info.json; images resolve under dataset_dir",
+                                 "template: qwen2_vl"]
+    return lines
 
 
 def llamafactory_dataset_info(name: str, file_name: str) -> dict:

@@ -79,9 +79,13 @@ def regrade(store: Store, run: str, cfg=None, batch: int = 4096, progress=None) 
     if not src:
         raise PebrError(f"no run {run}")
     src = src[0]
-    total = con.execute("SELECT count(*) FROM rollouts WHERE run_id = ?", [run]).fetchall()[0][0]
+    total, truncated = con.execute("SELECT count(*), count(*) FILTER (truncated) FROM rollouts WHERE run_id = ?",
+                                   [run]).fetchall()[0]
     if not total:
         raise PebrError(f"run {run} has no rollouts")
+    if truncated:
+        raise PebrError(f"run {run}: {truncated:,} of its {total:,} responses are truncated (the reference dump's first "
+                        "and last 50 characters), so they cannot be graded again; import the full responses instead")
     reader = con.sql(
         "SELECT r.sample_id, r.qid, r.rollout_idx, r.seed, r.response, r.n_tokens, r.finish_reason, "
         "coalesce(s.answer, NULL) AS answer, s.key_words FROM rollouts r LEFT JOIN samples s USING (sample_id) "

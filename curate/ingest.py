@@ -37,6 +37,7 @@ from curate.readers import (
     read_records,
 )
 from curate.store import Store, new_run_id
+from generation.prompt import IMAGE_PLACEHOLDER
 from schemas import CAPABILITIES
 from schemas.errors import PebrError
 
@@ -66,6 +67,7 @@ REASONS = {
     "missing_answer": "answer missing",
     "bad_field": "a field has the wrong type or value",
     "no_image": "record names no image",
+    "image_marks": "more <image> marks in the problem than images",
     "image_outside_root": "image path leaves the image root",
     "image_missing": "image file does not exist",
     "image_not_file": "image path is not a file",
@@ -160,8 +162,10 @@ class _ImageCache:
             shown = _printable(ref).replace("\x00", "\\x00")
             raise Rejected("bad_field", f"{shown}: an image path cannot hold a NUL byte")
         p = Path(ref)
-        if p.is_absolute() or ".." in p.parts:
-            raise Rejected("image_outside_root", f"{ref}: image paths must be relative to the image root, without '..'")
+        if ".." in p.parts:
+            raise Rejected("image_outside_root", f"{ref}: image paths may not hold '..'")
+        # A relative path resolves under the root; an absolute one must lie inside it (a dataset that
+        # names its images by absolute path, our own exports included, is read with the folder as root).
         full = self.root / p
         try:
             real = Path(os.path.realpath(full))
@@ -490,7 +494,11 @@ def ingest(store: Store, opts: IngestOptions, progress: Callable[[int], None] | 
                 _unicode(source, "source")
                 if capability is not None and capability not in CAPABILITIES:
                     raise Rejected("bad_field", f"capability {capability!r} is not one of {', '.join(CAPABILITIES)}")
-                stored = [images.add(ref) for ref in _image_refs(value)]
+                refs = _image_refs(value)
+                if (marks := problem.count(IMAGE_PLACEHOLDER)) > len(refs):
+                    raise Rejected("image_marks", f"the problem has {marks} {IMAGE_PLACEHOLDER} marks for {len(refs)} "
+                                                  f"image{'s' if len(refs) > 1 else ''}")
+                stored = [images.add(ref) for ref in refs]
                 sample_id = content_id(source, problem, answer, key_words, [h for _, h in stored])
                 if qid is None:
                     qid = f"h-{sample_id}"

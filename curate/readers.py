@@ -391,11 +391,54 @@ def _read_hf_files(path: Path, split: str | None) -> Iterator[RawRecord]:
     import datasets
 
     builder = {".csv": "csv", ".arrow": "arrow"}[path.suffix.lower()]
+    kwargs = {}
+    if builder == "csv":
+        # Every cell is text, as written: no type guessing ("007" stays "007", "0.10" stays "0.10")
+        # and no NA guessing ("NA", "null" and "nan" are answers like any other).
+        kwargs = {"features": datasets.Features({name: datasets.Value("string") for name in _csv_header(path)}),
+                  "keep_default_na": False}
     try:
-        ds = datasets.load_dataset(builder, data_files=str(path), split="train")
+        ds = datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
     except Exception as exc:  # noqa: BLE001
         raise PebrError(f"{path}: could not be read as {builder} ({exc})") from None
-    yield from _iter_dataset(ds)
+    records = _iter_dataset(ds)
+    yield from (map(_csv_record, records) if builder == "csv" else records)
+
+
+def _csv_header(path: Path) -> list[str]:
+    import csv
+
+    with open_input(path) as f:
+        text = io.TextIOWrapper(f, encoding="utf-8-sig", newline="")
+        try:
+            header = next(csv.reader(text), None)
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise PebrError(f"{path}: no readable CSV header ({exc})") from None
+    if not header:
+        raise PebrError(f"{path}: empty CSV file (no header line)")
+    if len(set(header)) != len(header):
+        raise PebrError(f"{path}: the CSV header names a column twice ({', '.join(header)})")
+    return header
+
+
+CSV_LIST_FIELDS = ("images", "key_words")
+"""CSV cells that may hold a JSON list (``["a.png", "b.png"]``); any other text is one item."""
+
+
+def _csv_record(rec: RawRecord) -> RawRecord:
+    """A CSV row as ingest reads records: an empty cell is a missing field; a list field given as a
+    JSON list is that list."""
+    value = {k: (None if v == "" else v) for k, v in rec.value.items()}
+    for name in CSV_LIST_FIELDS:
+        cell = value.get(name)
+        if isinstance(cell, str) and cell.lstrip().startswith("["):
+            try:
+                items = json.loads(cell)
+            except ValueError:
+                continue
+            if isinstance(items, list):
+                value[name] = items
+    return RawRecord(rec.index, value, rec.raw, rec.error)
 
 
 def _pick_split(ds, split: str | None, path: Path):

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from curate.difficulty import warm_cache
 from curate.store import Store
-from generation import TOKEN_RULES
+from generation import PROMPT_RULES, TOKEN_RULES
 from generation.base import (
     Completion,
     EngineOptions,
@@ -141,7 +141,7 @@ def run_fingerprint(opts: ScoreOptions, grader: str) -> dict:
     s = dataclasses.asdict(opts.sampling)
     return {
         "model": os.path.realpath(opts.model), "model_fingerprint": _model_fingerprint(opts.model),
-        "engine": opts.engine, "sampling": s, "template": opts.template, "token_rules": TOKEN_RULES, "grader": grader,
+        "engine": opts.engine, "sampling": s, "template": opts.template, "token_rules": TOKEN_RULES, "prompt_rules": PROMPT_RULES, "grader": grader,
         "sources": sorted(opts.sources) if opts.sources else None, "adaptive": opts.adaptive,
         "round_size": opts.round_size if opts.adaptive else None, "limit": opts.limit,
         "rewards": dataclasses.asdict(opts.rewards),

@@ -32,8 +32,10 @@ from curate.export import (
     llamafactory_dataset_info,
     record_rows,
     shard_name,
+    usage,
     write_json_records,
     write_shards,
+    write_verl_parquet,
 )
 from curate.steps import (
     DROPS_TABLE,
@@ -59,7 +61,7 @@ from schemas import REWARD_COLUMNS, STAGE_SHARDS
 from schemas.errors import PebrError
 from schemas.io import atomic_write, file_lock, process_label, sha256_file
 
-FORMATS = ("parquet", "easyr1", "sharegpt")
+FORMATS = ("parquet", "easyr1", "sharegpt", "verl")
 MANIFEST_NAME = "manifest.json"
 FORMAT_PROMPT_FILE = "format_prompt.jinja"
 DROPS_FILE = "select_drops.parquet"
@@ -112,7 +114,8 @@ class SelectOptions:
     """How the Parquet shards hold images: path (absolute paths into the store's content-addressed image
     folder; nothing copied) | embed (the bytes, for a self-contained file to move elsewhere)."""
     format: str = "parquet"
-    """parquet (always written) | easyr1 (+ reference JSON and images) | sharegpt (+ LLaMA-Factory SFT JSON)."""
+    """parquet (always written) | easyr1 (+ reference JSON and images) | sharegpt (+ LLaMA-Factory SFT JSON) |
+    verl (+ verl/train.parquet, the columns volcengine/verl's RLHFDataset reads)."""
     template: str = PROMPT_TEMPLATE
     """The format prompt (a Jinja template over ``content``, EasyR1's `data.format_prompt`) of the chat
     `prompt` column and the ShareGPT text; the EasyR1 export carries it as `easyr1/format_prompt.jinja`."""
@@ -285,7 +288,8 @@ PENDING_FILE = ".select-pending.json"
 """In the output folder while a selection writes it (removed once its manifest is in place): after a
 crash it tells a later --force that the files named as a selection names them are that selection's."""
 _JSON_FILES = {"easyr1": ("train.json", FORMAT_PROMPT_FILE),
-               "sharegpt": (*(f"{stage}.json" for stage in STAGE_BANDS), "dataset_info.json")}
+               "sharegpt": (*(f"{stage}.json" for stage in STAGE_BANDS), "dataset_info.json"),
+               "verl": ("train.parquet",)}
 """The files of the JSON formats, in their folder; the copied images go to `<format>/images/`."""
 _SHARD = re.compile(r"train-\d+-of-\d+\.parquet")
 _IMAGE = re.compile(r"([0-9a-f]{64})\.[^/]+")
@@ -552,7 +556,13 @@ def _select_into(store: Store, opts: SelectOptions, band: str, claim: _Claim) ->
                             "(a samples part was lost?); run `curate check --repair`, then select again")
         files = {name: sha256_file(out / name) for name in [*shards, DROPS_FILE]}
         skipped = 0
-        if opts.format != "parquet":
+        if opts.format == "verl":
+            con.execute("RESET threads")
+            (out / "verl").mkdir(parents=True, exist_ok=True)
+            write_verl_parquet(record_rows(con, picked, "stage_samples"), out / "verl" / "train.parquet", store.root,
+                               opts.stage, opts.template)
+            files["verl/train.parquet"] = sha256_file(out / "verl" / "train.parquet")
+        elif opts.format != "parquet":
             con.execute("RESET threads")  # one query over the whole stage, on every thread
             name = f"{opts.format}/{'train' if opts.format == 'easyr1' else opts.stage}.json"
             (out / opts.format).mkdir(parents=True, exist_ok=True)
@@ -622,6 +632,7 @@ def _write_manifest(store: Store, opts: SelectOptions, r: SelectReport, run_row:
         "images": ("absolute paths into the store's image folder (datasets.Image decodes them from there)"
                    if opts.images == "path" else "embedded bytes"),
         "load_with": f"datasets.load_dataset('parquet', data_files='{r.out / STAGE_SHARDS}', split='train')",
+        "use_with": usage(opts.format, r.out, opts.stage),
         "pebr_version": code_version(),
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -104,10 +104,11 @@ class Store:
         for name in TABLE_NAMES:
             d = self.table_dir(name)
             d.mkdir(parents=True, exist_ok=True)
-            if not (d / _EMPTY_PART).exists():
-                from schemas.tables import TABLES
+            from schemas.tables import TABLES
 
-                # An empty typed part keeps every view valid before the first write.
+            # An empty typed part keeps every view valid before the first write, and gives the views
+            # a column added since older parts were written (their rows read it as NULL).
+            if not (d / _EMPTY_PART).exists() or _part_columns(d / _EMPTY_PART) not in (None, TABLES[name].names):
                 atomic_write(d / _EMPTY_PART, functools.partial(_write_parquet, schema=TABLES[name], tables=()))
         self.images_dir.mkdir(parents=True, exist_ok=True)
         return self
@@ -386,6 +387,15 @@ class Store:
                     con.execute(statement)
                 con.execute("CHECKPOINT")
             atomic_write(self.root / CATALOG, lambda tmp: shutil.copyfile(built, tmp))
+
+
+def _part_columns(path: Path) -> list[str] | None:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_schema(path).names
+    except (OSError, ValueError):
+        return None
 
 
 def part_run(part: Path) -> str | None:

@@ -31,7 +31,11 @@ TOKEN_RULES = "v2: stop at eos and turn ends; never sample image/video/vision to
 """What `generation.tokens` enforces, recorded in every scoring run's fingerprint (a change of the
 rules is a new run, not a resumed one)."""
 
-__all__ = ["ENGINES", "IMAGE_PLACEHOLDER", "PROMPT_TEMPLATE", "TOKEN_RULES", "Completion", "Engine", "EngineOptions",
+PROMPT_RULES = "v2: an image without an <image> mark gets one at the start of the problem"
+"""Where `generation.prompt` places images the problem's text has no mark for; in every scoring
+run's fingerprint, as TOKEN_RULES."""
+
+__all__ = ["ENGINES", "IMAGE_PLACEHOLDER", "PROMPT_RULES", "PROMPT_TEMPLATE", "TOKEN_RULES", "Completion", "Engine", "EngineOptions",
            "Request", "SamplingConfig", "build_messages", "load_engine", "prompt_text", "rollout_seed"]
 
 

@@ -147,15 +147,21 @@ def build_messages(problem: str, n_images: int = 1, template: str | PromptTempla
     """Chat messages for one question, in the multi-modal form of transformers' chat templates.
 
     The format prompt renders the problem; each ``<image>`` mark in the text becomes an image part
-    at that place; images without a mark go first. ``n_images`` is the number of images the sample
-    carries.
+    at that place. ``n_images`` is the number of images the sample carries; images without a mark
+    get one at the start of the problem (`complete_marks`), as the reference's data writes them, so
+    that EasyR1 and verl, which only split the text at its marks, build the same message.
 
     >>> build_messages("How many <image> circles?", 1, template="{{ content }}")[0]["content"]
     [{'type': 'text', 'text': 'How many '}, {'type': 'image'}, {'type': 'text', 'text': ' circles?'}]
+    >>> build_messages("Which colour?", 1, template="Q: {{ content }}")[0]["content"]
+    [{'type': 'text', 'text': 'Q: '}, {'type': 'image'}, {'type': 'text', 'text': 'Which colour?'}]
     """
-    text = as_template(template).render(problem)
+    t = as_template(template)
+    text = t.render(complete_marks(problem, n_images, t))
     pieces = text.split(IMAGE_PLACEHOLDER)
     marks = len(pieces) - 1
+    # Only a template that rewrites its content (a `python` one) can lose the added marks: the
+    # images still missing go first.
     content: list[dict] = [{"type": "image"} for _ in range(max(0, n_images - marks))]
     for i, piece in enumerate(pieces):
         if piece:
@@ -165,12 +171,30 @@ def build_messages(problem: str, n_images: int = 1, template: str | PromptTempla
     return [{"role": "user", "content": content}]
 
 
+def complete_marks(problem: str, n_images: int, template: str | PromptTemplate | None = None) -> str:
+    """`problem` with one ``<image>`` mark added at its start for every image the rendered prompt
+    has no mark for: the problem text an exporter writes for tools that place images by marks only.
+
+    >>> complete_marks("Which colour?", 2)
+    '<image><image>Which colour?'
+    >>> complete_marks("Left <image>, right?", 2)
+    '<image>Left <image>, right?'
+    """
+    t = as_template(template)
+    missing = n_images - t.render(problem).count(IMAGE_PLACEHOLDER)
+    if missing <= 0:
+        return problem
+    completed = IMAGE_PLACEHOLDER * missing + problem
+    # A template that rewrites its content may drop or repeat the added marks: then the problem stays.
+    return completed if t.render(completed).count(IMAGE_PLACEHOLDER) == n_images else problem
+
+
 def prompt_text(problem: str, n_images: int = 1, template: str | PromptTemplate | None = None) -> str:
     """The prompt of `build_messages` as one string with an ``<image>`` mark per image part (the
     form of ShareGPT / LLaMA-Factory datasets).
 
-    >>> prompt_text("Which colour?", 2, template="{{ content }}")
-    '<image><image>Which colour?'
+    >>> prompt_text("Which colour?", 2, template="Q: {{ content }}")
+    'Q: <image><image>Which colour?'
     """
     parts = build_messages(problem, n_images, template)[0]["content"]
     return "".join(IMAGE_PLACEHOLDER if part["type"] == "image" else part["text"] for part in parts)
@@ -193,9 +217,10 @@ def prompt_macro() -> str:
     """SQL defining `pebr_prompt(pieces, n_images)`: the chat prompt of `build_messages` as a DuckDB
     value (list of {role, content: list of {type, text}}; image parts have a NULL text).
 
-    `pieces` is the templated text split at each ``<image>`` mark (`prompt_pieces_sql`): every piece
-    but the last is followed by an image part, empty text parts are dropped, and images without a
-    mark go first. A scalar macro (no subquery), so DuckDB evaluates it vector by vector.
+    `pieces` is the templated text split at each ``<image>`` mark (`prompt_pieces_sql` with
+    `n_images`): every piece but the last is followed by an image part, empty text parts are dropped,
+    and images still without a mark (a template that rewrote the added ones) go first. A scalar
+    macro (no subquery), so DuckDB evaluates it vector by vector.
     """
     return f"""CREATE OR REPLACE MACRO pebr_prompt(pieces, n_images) AS [{{'role': 'user', 'content': list_concat(
   list_transform(range(greatest(0, n_images - (len(pieces) - 1))), lambda x: {_IMAGE_PART}),
@@ -203,14 +228,24 @@ def prompt_macro() -> str:
               lambda part: part.text IS NULL OR part.text <> ''))}}]"""
 
 
-def prompt_pieces_sql(problem: str, template: str | PromptTemplate | None = None) -> str:
-    """SQL splitting the template rendered over the `problem` column at its ``<image>`` marks."""
-    t = as_template(template)
+def _render_sql(problem: str, t: PromptTemplate) -> str:
+    """SQL of the template rendered over the `problem` expression."""
     if t.mode == "python":
-        text = f"pebr_render({problem})"
-    else:
-        text = f"{_literal(t.prefix)} || {t.content_sql(problem)} || {_literal(t.suffix)}"
-    return f"string_split({text}, {_literal(IMAGE_PLACEHOLDER)})"
+        return f"pebr_render({problem})"
+    return f"{_literal(t.prefix)} || {t.content_sql(problem)} || {_literal(t.suffix)}"
+
+
+def prompt_pieces_sql(problem: str, template: str | PromptTemplate | None = None, n_images: str | None = None) -> str:
+    """SQL splitting the template rendered over the `problem` column at its ``<image>`` marks; with
+    `n_images`, over the problem as `complete_marks` completes it."""
+    t = as_template(template)
+    mark = _literal(IMAGE_PLACEHOLDER)
+    plain = f"string_split({_render_sql(problem, t)}, {mark})"
+    if n_images is None:
+        return plain
+    missing = f"({n_images} - (len({plain}) - 1))"
+    completed = f"string_split({_render_sql(f'repeat({mark}, {missing}) || {problem}', t)}, {mark})"
+    return f"CASE WHEN {missing} > 0 AND len({completed}) - 1 = {n_images} THEN {completed} ELSE {plain} END"
 
 
 def prompt_parts_sql(problem: str, template: str | PromptTemplate | None = None) -> str:
@@ -230,11 +265,11 @@ def prompt_sql(problem: str, n_images: str, template: str | PromptTemplate | Non
     whose list lambdas cost several times more per row.
     """
     t = as_template(template)
-    general = f"pebr_prompt({prompt_pieces_sql(problem, t)}, {n_images})"
+    general = f"pebr_prompt({prompt_pieces_sql(problem, t, n_images)}, {n_images})"
     if t.mode == "python":
         return general
     prefix, suffix = t.prefix, t.suffix
-    problem = t.content_sql(problem)
+    raw, problem = problem, t.content_sql(problem)
     mark = IMAGE_PLACEHOLDER
     # The fast shapes count marks in the problem alone: a template that holds a mark, or could
     # complete one across its border with the problem, always takes the general path.
@@ -266,9 +301,15 @@ def prompt_sql(problem: str, n_images: str, template: str | PromptTemplate | Non
         if not suffix:
             cases.append(f"WHEN {parts}[2] = '' THEN {message(text(before), _IMAGE_PART)}")
         one_mark = f"CASE {' '.join(cases)} ELSE {message(text(before), _IMAGE_PART, text(after))} END"
-    whole = joined(pre, problem, suf)
-    no_mark = f"len({parts}) = 1 AND {n_images} = 1" + ("" if prefix or suffix else f" AND {problem} <> ''")
+    # One image and no mark: the mark goes at the start of the problem (`complete_marks`). A trimmed
+    # problem then keeps its leading white space, which now follows the mark.
+    rest = f"rtrim({raw}, {_literal(_WHITESPACE)})" if t.mode == "trim" else raw
+    after_mark = joined(rest, suf)
+    lead = [text(pre)] if prefix else []
+    no_mark = (message(*lead, _IMAGE_PART, text(after_mark)) if suffix else
+               f"CASE WHEN {after_mark} = '' THEN {message(*lead, _IMAGE_PART)} "
+               f"ELSE {message(*lead, _IMAGE_PART, text(after_mark))} END")
     return f"""CASE
-  WHEN {no_mark} THEN {message(_IMAGE_PART, text(whole))}
+  WHEN len({parts}) = 1 AND {n_images} = 1 THEN {no_mark}
   WHEN len({parts}) = 2 AND {n_images} <= 1 THEN {one_mark}
   ELSE {general} END"""

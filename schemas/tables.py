@@ -56,6 +56,7 @@ ROLLOUTS = _schema(
         pa.field("finish_reason", pa.string()),
         *[pa.field(c, pa.float32()) for c in REWARD_COLUMNS],
         pa.field("correct", pa.bool_(), nullable=False),
+        pa.field("truncated", pa.bool_()),  # an imported response the dump cut short (first...last); null: whole
     ],
 )
 

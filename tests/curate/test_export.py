@@ -272,7 +272,7 @@ def test_easyr1_records_link_images_next_to_the_json(tmp_path, root):
     assert json.loads(raw) == [
         {"qid": "q0", "problem": "Quelle forme a l’objet ? <image>", "answer": "0", "images": [f"images/{Path(rels[0]).name}"],
          "key_words": ["kw"], "sample_id": "s0", "source": "toy", "capability": "reasoning", "pass_rate": 0.0},
-        {"qid": "q1", "problem": "Which <image>?", "answer": "1",
+        {"qid": "q1", "problem": "<image>Which <image>?", "answer": "1",  # one mark per image: the missing one first
          "images": [f"images/{Path(rels[1]).name}", f"images/{Path(rels[0]).name}"],
          "key_words": ["kw"], "sample_id": "s1", "source": "toy", "capability": "reasoning", "pass_rate": 0.125}]
     assert sorted(p.name for p in path.parent.iterdir()) == ["images", "train.json"], "no temporary file is left"
@@ -316,9 +316,9 @@ def test_sharegpt_records_one_mark_per_image_and_skip_without_response(tmp_path,
     assert recs == [
         {"messages": [{"role": "user", "content": "Q: What is in <image>? A:"},
                       {"role": "assistant", "content": "### The final answer is: 0"}], "images": [name[0]], "sample_id": "s0"},
-        {"messages": [{"role": "user", "content": "<image><image>Q: Compare <image> with the others A:"},
+        {"messages": [{"role": "user", "content": "Q: <image><image>Compare <image> with the others A:"},
                       {"role": "assistant", "content": "r2"}], "images": name, "sample_id": "s2"},
-        {"messages": [{"role": "user", "content": "<image><image>Q: No mark here A:"},
+        {"messages": [{"role": "user", "content": "Q: <image><image>No mark here A:"},
                       {"role": "assistant", "content": "r4"}], "images": [name[1], name[2]], "sample_id": "s4"}]
     for rec in recs:
         assert rec["messages"][0]["content"].count("<image>") == len(rec["images"])

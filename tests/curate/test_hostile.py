@@ -175,6 +175,8 @@ def corpus(tmp_path: Path, root: Path, outside: Path) -> tuple[list[str | bytes]
         rec("dot-slash", None, images=["./a.png"]),
         (json.dumps(record("crlf", problem="CRLF <image>")) + "\r", None),
         rec("same-image", None, images=["a.png", "a.png"]),
+        rec("no-mark", None, problem="How many circles?", images=["a.png", "b.png"]),  # fewer marks than images
+        rec("abs-inside", None, images=[str(root / "c.png")]),    # an absolute path inside the root
         # every reason code of REASONS
         ('{"qid": "broken", "problem": ', "bad_json"),
         (b'{"qid": "\xff\xfe not utf8"}', "bad_utf8"),
@@ -186,6 +188,7 @@ def corpus(tmp_path: Path, root: Path, outside: Path) -> tuple[list[str | bytes]
         rec("bad-cap", "bad_field", capability="everything"),
         rec("bad-source", "bad_field", source=5),
         rec("no-img", "no_image", images=[]),
+        rec("marks", "image_marks", problem="<image> vs <image>: which is larger?"),
         rec("missing", "image_missing", images=["nope.png"]),
         rec("loop", "image_missing", images=["loop.png"]),
         rec("long-name", "image_missing", images=["x" * 300 + ".png"]),

@@ -43,11 +43,11 @@ def test_import_pebr_dump(tmp_path, store):
 
 
 def test_import_verl_dump_needs_qid_field(tmp_path, store):
-    lines = [{"input": "p", "output": f"o{i}", "gts": "0", "score": float(i % 2), "step": 1, "uid": "q0"} for i in range(4)]
+    lines = [{"input": "p", "output": f"o{i}", "gts": "0", "score": float(i % 2), "step": 1, "qid": "q0"} for i in range(4)]
     path = write_jsonl(tmp_path / "1.jsonl", lines)
     with pytest.raises(PebrError, match="--qid-field"):
         import_rollouts(store, path)
-    r = import_rollouts(store, path, qid_field="uid")
+    r = import_rollouts(store, path, qid_field="qid", correct_threshold=1.0)
     assert r.rollouts == 4 and r.unmatched_rollouts == 0
     assert run_query(store, f"select k from difficulty where run_id = '{r.run_id}'").to_pylist() == [{"k": 2}]
 
@@ -210,7 +210,7 @@ def test_verl_scores_meet_the_threshold_at_their_own_precision(tmp_path, store):
     r = import_rollouts(store, write_jsonl(tmp_path / "v.jsonl", lines), qid_field="uid", correct_threshold=0.5)
     got = store.connect().execute(f"select rollout_idx, correct from rollouts where run_id = '{r.run_id}' order by 1").fetchall()
     assert got == [(0, True), (1, True), (2, True), (3, False)]  # 0.49999999999 rounds to 0.5 as a FLOAT
-    r = import_rollouts(store, write_jsonl(tmp_path / "w.jsonl", lines), qid_field="uid")
+    r = import_rollouts(store, write_jsonl(tmp_path / "w.jsonl", lines), qid_field="uid", correct_threshold=1.0)
     got = store.connect().execute(f"select correct from rollouts where run_id = '{r.run_id}' order by rollout_idx").fetchall()
     assert [c for (c,) in got] == [False, True, False, False]
 

@@ -220,9 +220,23 @@ def test_csv_file(tmp_path, hf_cache):
     path.write_text('qid,problem,answer,n\nq1,How many <image>?,3 apples,1\nq2,"a, quoted <image>",x,2\n')
     got = read(path)
     assert [(r.index, r.raw, r.error) for r in got] == [(0, None, None), (1, None, None)]
-    assert got[0].value == {"qid": "q1", "problem": "How many <image>?", "answer": "3 apples", "n": 1}
-    assert got[1].value == {"qid": "q2", "problem": "a, quoted <image>", "answer": "x", "n": 2}
+    assert got[0].value == {"qid": "q1", "problem": "How many <image>?", "answer": "3 apples", "n": "1"}
+    assert got[1].value == {"qid": "q2", "problem": "a, quoted <image>", "answer": "x", "n": "2"}
     assert hf_cache.is_dir(), "the datasets cache went where the test put it"
+
+
+def test_csv_cells_stay_text(tmp_path, hf_cache):
+    """No type or NA guessing: every cell is the text written; an empty cell is a missing field, and a
+    JSON list in images / key_words is that list."""
+    path = tmp_path / "rows.csv"
+    path.write_text('qid,problem,answer,key_words,images\n'
+                    '0012,How many <image>?,007,"[""red"", ""2""]",a.png\n'
+                    '0013,Ratio <image>?,0.10,circle,"[""a.png"", ""b.png""]"\n'
+                    '0014,Which <image>?,NA,,a.png\n')
+    got = [r.value for r in read(path)]
+    assert [(v["qid"], v["answer"]) for v in got] == [("0012", "007"), ("0013", "0.10"), ("0014", "NA")]
+    assert [v["key_words"] for v in got] == [["red", "2"], "circle", None]
+    assert [v["images"] for v in got] == ["a.png", ["a.png", "b.png"], "a.png"]
 
 
 @pytest.mark.parametrize("writer", ["stream", "file"])

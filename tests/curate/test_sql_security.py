@@ -267,9 +267,9 @@ def test_qid_field_is_an_identifier_not_sql(tmp_path):
     payload = (f'uid" AS VARCHAR) AS qid, output AS response, score FROM (SELECT 1 AS uid, 2 AS output, 3 AS score); '
                f'COPY (SELECT 42) TO $${pwned}$$; SELECT CAST("input')
     with pytest.raises(PebrError):
-        import_rollouts(store, dump, qid_field=payload)
+        import_rollouts(store, dump, qid_field=payload, correct_threshold=1.0)
     assert not pwned.exists()
-    r = import_rollouts(store, dump, qid_field='we"ird\'id')  # any field name works, quotes and all
+    r = import_rollouts(store, dump, qid_field='we"ird\'id', correct_threshold=1.0)  # any field name works, quotes and all
     assert r.rollouts == 4 and r.unmatched_rollouts == 0
 
 

@@ -225,7 +225,7 @@ RELATION = """SELECT 'import-a' AS run_id, 's' || (i % 3) AS sample_id, 'q' || (
     CAST(i AS INTEGER) AS rollout_idx, CAST(NULL AS BIGINT) AS seed, {response} AS response,
     CAST(NULL AS INTEGER) AS n_tokens, CAST(NULL AS VARCHAR) AS finish_reason, CAST(i % 2 AS FLOAT) AS accuracy,
     CAST(NULL AS FLOAT) AS format, CAST(NULL AS FLOAT) AS keyword, CAST(NULL AS FLOAT) AS length,
-    CAST(NULL AS FLOAT) AS clip, CAST(i % 2 AS FLOAT) AS overall, i % 2 = 1 AS correct
+    CAST(NULL AS FLOAT) AS clip, CAST(i % 2 AS FLOAT) AS overall, i % 2 = 1 AS correct, CAST(NULL AS BOOLEAN) AS truncated
   FROM range({n}) t(i)"""
 
 

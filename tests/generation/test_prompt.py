@@ -19,6 +19,7 @@ PROMPT_CASES = [
     ("x <image> y <image>", 1), ("end <image>", 3), ("it's {odd} 'quoted' <image>", 1), ("", 1), ("", 0), ("a<image>b", 0),
     ("<image>first", 1), ("last<image>", 0), ("plain", 1), ("plain", 0), ("<image>", 0), ("two <image><image>", 1),
     ("ge>", 1), ("<ima", 1), ("image>", 1), ("ge> x <image>", 1), ("  padded <image>\n", 1), ("\u3000wide space", 1),
+    ("  lead and trail  ", 1), ("   ", 1), ("two images", 2), ("\n", 2),
 ]
 
 
