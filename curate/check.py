@@ -479,7 +479,7 @@ def _again(run_id: str, info: dict) -> str | None:
     if kind == "import" and config.get("path"):
         flags = "".join(f" --{k.replace('_', '-')} {q(str(config[k]))}" for k in ("source", "format", "qid_field")
                         if config.get(k))
-        if config.get("correct_threshold") not in (None, 1.0):
+        if config.get("correct_threshold") is not None:  # as given: a verl dump without acc needs it
             flags += f" --correct-threshold {config['correct_threshold']}"
         return f"curate import-rollouts {q(config['path'])}{flags}"
     if kind == "regrade" and config.get("source_run"):

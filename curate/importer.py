@@ -114,7 +114,7 @@ def _select_sql(fmt: str, qid_field: str | None) -> tuple[str, dict]:
         # ground_truth is the sample's answer, already in the store. A score that is not an object
         # with a numeric accuracy reads as NULL (tested), the record is kept.
         columns = {"qid": "VARCHAR", "response": "VARCHAR", "score": "STRUCT(accuracy DOUBLE)"}
-        return "SELECT qid, response, CAST(score.accuracy AS FLOAT) AS score, CAST(NULL AS DOUBLE) AS acc", columns
+        return "SELECT qid, response, CAST(score.accuracy AS FLOAT) AS score", columns
     if not qid_field:
         raise PebrError(QID_HELP)
     columns = {"input": "VARCHAR", "output": "VARCHAR", "score": "DOUBLE", "acc": "JSON", qid_field: "VARCHAR"}
@@ -235,7 +235,10 @@ def _import(store: Store, con, path: Path, files: list[Path], run_id: str, fmt: 
             raise
         raise PebrError(f"{path}: a record is longer than the importer reads ({MAX_RECORD_BYTES >> 20} MiB, "
                         "pebr's curate.importer.MAX_RECORD_BYTES); nothing was imported") from None
-    lines, rollouts, with_acc = con.execute("SELECT count(*), count(qid), count(qid) FILTER (acc IS NOT NULL) FROM dump").fetchone()
+    # The reference's dump has no acc column (held in memory, a column of NULLs would cost 8 bytes a line).
+    has_acc = fmt == "verl"
+    lines, rollouts, with_acc = con.execute("SELECT count(*), count(qid), "
+                                            f"{'count(qid) FILTER (acc IS NOT NULL)' if has_acc else '0'} FROM dump").fetchone()
     if rollouts == 0:
         raise PebrError(f"{path}: no rollout could be read ({lines} lines)")
     if threshold is None:
@@ -250,7 +253,9 @@ def _import(store: Store, con, path: Path, files: list[Path], run_id: str, fmt: 
     reward_nulls = ", ".join(f"CAST(NULL AS FLOAT) AS \"{c}\"" for c in NULL_COLUMNS if c != "n_tokens")
     # correct: the dump's own acc (1 or true) when the record has one, else score >= threshold; the
     # accuracy column is that correctness as 0/1 for verl (its score is a reward, kept as overall).
-    correct = f"CASE WHEN d.acc IS NOT NULL THEN d.acc >= 1 ELSE coalesce(d.score, 0) >= {float(threshold)!r} END"
+    correct = f"coalesce(d.score, 0) >= {float(threshold)!r}"
+    if has_acc:
+        correct = f"CASE WHEN d.acc IS NOT NULL THEN d.acc >= 1 ELSE {correct} END"
     accuracy = "CAST(d.score AS FLOAT)" if fmt == "pebr" else f"CAST(({correct}) AS FLOAT)"
     cut = TRUNCATED_CUT
     truncated = (f"(length(d.response) = {2 * cut + 3} AND substr(d.response, {cut + 1}, 3) = '...')" if fmt == "pebr"
@@ -266,10 +271,11 @@ def _import(store: Store, con, path: Path, files: list[Path], run_id: str, fmt: 
     part = store.write("rollouts", rows, run_id)
     # Rollouts matched to no sample, counted on the written part (uncommitted: a failure from here
     # on leaves it to the next writer, who removes it).
-    unmatched, unmatched_qids, n_truncated = con.execute(f"""
-        SELECT count(*) FILTER (sample_id IS NULL), count(DISTINCT qid) FILTER (sample_id IS NULL), count(*) FILTER (truncated)
-        FROM read_parquet({sql_file(part)})
+    # Two filtered counts: the part's statistics let DuckDB skip row groups without NULL ids or truncated rows.
+    unmatched, unmatched_qids = con.execute(f"""
+        SELECT count(*), count(DISTINCT qid) FROM read_parquet({sql_file(part)}) WHERE sample_id IS NULL
     """).fetchone()
+    n_truncated = con.execute(f"SELECT count(*) FROM read_parquet({sql_file(part)}) WHERE truncated").fetchone()[0]
     report = ImportReport(run_id=run_id, lines=lines, rollouts=rollouts, unreadable=lines - rollouts,
                           unmatched_rollouts=unmatched, unmatched_qids=unmatched_qids, truncated=n_truncated,
                           correct_from=correct_from)
