@@ -9,7 +9,7 @@ bin := venv / "bin"
 default:
     @just --list
 
-# Create .venv and install the pinned stack (torch 2.14.1 + torchvision 0.29.1, transformers, TRL, DuckDB, ...)
+# Create .venv and install the pinned stack (torch 2.14.1 + torchvision 0.29.1, transformers, TRL, DuckDB, Ray, ...)
 setup:
     #!/usr/bin/env bash
     set -euo pipefail
@@ -18,7 +18,7 @@ setup:
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then exit 0; fi
     [ -x "{{bin}}/python" ] || {{python}} -m venv "{{venv}}"
     "{{bin}}/python" -m pip install --quiet --upgrade pip
-    "{{bin}}/python" -m pip install --quiet -c constraints.txt -e ".[train,dev]"
+    "{{bin}}/python" -m pip install --quiet -c constraints.txt -e ".[train,ray,dev]"
     "{{bin}}/python" -m compileall -q curate schemas rewards generation train pipelines > /dev/null  # bytecode once, for quick CLI starts
     echo "$want" > "$stamp"
 
