@@ -97,6 +97,15 @@ def test_two_replicas_give_the_rollouts_of_one_process(local_ray, tiny_model, tm
     for again in ([*args, "--ray", "--replicas", "1"], args):
         r = CliRunner().invoke(app, again)
         assert r.exit_code == 0 and "0 rollouts generated (12 already done)" in " ".join(r.output.split()), r.output
+    # Adaptive rounds on the replicas: a new run whose every rollout is the full run's, and the same bands.
+    r = CliRunner().invoke(app, [*args, "--ray", "--replicas", "2", "--adaptive", "--round-size", "2"])
+    assert r.exit_code == 0, r.output
+    con = store.connect()
+    adaptive = con.execute("select run_id from runs where kind = 'score' and run_id != ?", [run_id]).fetchone()[0]
+    rows = con.execute(f"select {', '.join(COLUMNS)} from rollouts where run_id = ?", [adaptive]).fetchall()
+    assert rows and set(rows) <= set(expected)
+    bands = "select sample_id, band from difficulty where run_id = ? order by 1"
+    assert con.execute(bands, [adaptive]).fetchall() == con.execute(bands, [run_id]).fetchall()
 
 
 def test_a_killed_replica_worker_loses_and_doubles_nothing(local_ray, tiny_model, tmp_path):
