@@ -62,7 +62,8 @@ class StoreView:
         return pl.from_arrow(run_query(self.store, query, memory_limit=memory_limit or DEFAULT_MEMORY_LIMIT))
 
     def runs(self) -> pl.DataFrame:
-        """The committed runs (ingest, score, import, regrade), oldest first."""
+        """The committed runs (ingest, score, import, regrade; and a `score-session` row per `curate
+        score` that generated rollouts, whose parent_run is its run), oldest first."""
         return self.sql("SELECT * FROM runs ORDER BY created_at, run_id")
 
     def resolve_run(self, run: str | None = None) -> str:
