@@ -38,7 +38,12 @@ demo: setup
 demo-assets: setup
     "{{bin}}/python" -m pipelines.demo --assets-only
 
-# Benchmarks (not part of the tests): engines and adaptive scoring, then import + select at 2M rollouts
+# Benchmarks (not part of the tests): engines, adaptive scoring, one process vs Ray, import + select at 2M vs 20M rollouts
 bench: setup vllm-env demo-assets
-    "{{bin}}/python" benchmarks/bench_engines.py
-    "{{bin}}/python" benchmarks/bench_select.py
+    #!/usr/bin/env bash
+    set -uo pipefail
+    rc=0  # every benchmark prints its figures, whether or not an earlier one missed a target
+    "{{bin}}/python" benchmarks/bench_engines.py || rc=1
+    "{{bin}}/python" benchmarks/bench_ray.py || rc=1
+    "{{bin}}/python" benchmarks/bench_select.py --scale || rc=1
+    exit $rc
