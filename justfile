@@ -9,7 +9,7 @@ bin := venv / "bin"
 default:
     @just --list
 
-# Create .venv and install the pinned stack (torch 2.14.1 + torchvision 0.29.1, transformers, TRL, DuckDB, ...)
+# Create .venv and install the pinned stack (torch 2.14.1 + torchvision 0.29.1, transformers, TRL, DuckDB, Ray, ...)
 setup:
     #!/usr/bin/env bash
     set -euo pipefail
@@ -18,7 +18,7 @@ setup:
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then exit 0; fi
     [ -x "{{bin}}/python" ] || {{python}} -m venv "{{venv}}"
     "{{bin}}/python" -m pip install --quiet --upgrade pip
-    "{{bin}}/python" -m pip install --quiet -c constraints.txt -e ".[train,dev]"
+    "{{bin}}/python" -m pip install --quiet -c constraints.txt -e ".[train,ray,dev]"
     "{{bin}}/python" -m compileall -q curate schemas rewards generation train pipelines > /dev/null  # bytecode once, for quick CLI starts
     echo "$want" > "$stamp"
 
@@ -38,7 +38,12 @@ demo: setup
 demo-assets: setup
     "{{bin}}/python" -m pipelines.demo --assets-only
 
-# Benchmarks (not part of the tests): engines and adaptive scoring, then import + select at 2M rollouts
+# Benchmarks (not part of the tests): engines, adaptive scoring, one process vs Ray, import + select at 2M vs 20M rollouts
 bench: setup vllm-env demo-assets
-    "{{bin}}/python" benchmarks/bench_engines.py
-    "{{bin}}/python" benchmarks/bench_select.py
+    #!/usr/bin/env bash
+    set -uo pipefail
+    rc=0  # every benchmark prints its figures, whether or not an earlier one missed a target
+    "{{bin}}/python" benchmarks/bench_engines.py || rc=1
+    "{{bin}}/python" benchmarks/bench_ray.py || rc=1
+    "{{bin}}/python" benchmarks/bench_select.py --scale || rc=1
+    exit $rc

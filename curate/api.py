@@ -62,7 +62,8 @@ class StoreView:
         return pl.from_arrow(run_query(self.store, query, memory_limit=memory_limit or DEFAULT_MEMORY_LIMIT))
 
     def runs(self) -> pl.DataFrame:
-        """The committed runs (ingest, score, import, regrade), oldest first."""
+        """The committed runs (ingest, score, import, regrade; and a `score-session` row per `curate
+        score` that generated rollouts, whose parent_run is its run), oldest first."""
         return self.sql("SELECT * FROM runs ORDER BY created_at, run_id")
 
     def resolve_run(self, run: str | None = None) -> str:
@@ -160,13 +161,15 @@ class StoreView:
         `options` are the fields of curate.score.ScoreOptions (engine, sources, shard as (i, N),
         adaptive, round_size, chunk, limit, run, new_run, ...), of its sampling config (n,
         temperature, top_p, max_new_tokens, seed, min_pixels, max_pixels) and of its engine options
-        (dtype, tensor_parallel_size, gpu_memory_utilization, max_model_len, batch_size, ...).
-        Whole `sampling=` / `engine_options=` objects are accepted too; single fields override them.
+        (dtype, tensor_parallel_size, gpu_memory_utilization, max_model_len, batch_size, ...); with
+        `ray=True`, those of its Ray options (replicas, gpus_per_replica, cpus_per_replica,
+        ray_address, ...). Whole `sampling=` / `engine_options=` / `ray_options=` objects are accepted
+        too; single fields override them.
         """
         from curate import score as scoring
 
         known = (_field_names(scoring.ScoreOptions) | _field_names(scoring.SamplingConfig)
-                 | _field_names(scoring.EngineOptions) | {"format_prompt"}) - {"model"}
+                 | _field_names(scoring.EngineOptions) | _field_names(scoring.RayOptions) | {"format_prompt"}) - {"model"}
         _check_names("score", options, known)
         return scoring.score(self.store, scoring.score_options(str(model), options), progress=progress)
 

@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from curate.executors import RayOptions
 from curate.score import CHUNK, ScoreOptions
 from curate.select import SelectOptions
 from generation import ENGINES, EngineOptions, SamplingConfig
@@ -231,6 +232,7 @@ def _parse_shard(text: str) -> tuple[int, int]:
 
 _S = SamplingConfig
 _E = EngineOptions
+_R = RayOptions
 RecipeOpt = Annotated[Optional[Path], typer.Option(
     help="Recipe YAML (pipelines/pebr.yaml): this command's section gives the settings; flags override them.")]
 
@@ -263,6 +265,14 @@ def score(
     dtype: Annotated[Optional[str], _opt("Model dtype (auto, bfloat16, float32).", _E.dtype)] = None,
     min_pixels: Annotated[Optional[int], _opt("Smallest image area after resizing.", _S.min_pixels)] = None,
     max_pixels: Annotated[Optional[int], _opt("Largest image area after resizing.", _S.max_pixels)] = None,
+    ray: Annotated[Optional[bool], _opt("Generate on engine replicas in a Ray cluster (pip install 'pebr[ray]'); "
+                                        "this process stays the store's only writer.", False)] = None,
+    replicas: Annotated[Optional[int], _opt("--ray: engine replicas, one Ray actor each.", _R.replicas)] = None,
+    gpus_per_replica: Annotated[Optional[float], _opt("--ray: GPUs per replica (vllm: tensor parallel over them).",
+                                                      "1 when the cluster has GPUs, else 0")] = None,
+    cpus_per_replica: Annotated[Optional[int], _opt("--ray: CPU cores per replica.", _R.cpus_per_replica)] = None,
+    ray_address: Annotated[Optional[str], _opt("--ray: the cluster to join (`ray start --head` prints it); "
+                                               "`local` starts a new one.", "RAY_ADDRESS, a cluster on this machine, else a new local Ray")] = None,
     reward: RewardOpt = None,
     format_prompt: FormatPromptOpt = None,
     recipe: RecipeOpt = None,
@@ -273,10 +283,11 @@ def score(
 ) -> None:
     """Run the base model n times on every sample; grade and keep every rollout (resumable).
 
-    Running the same command again resumes the run where it stopped.
+    Running the same command again resumes the run where it stopped (with --ray too, whatever the replicas).
 
     Example: curate score --model Qwen2.5-VL-7B-Instruct --engine vllm --n 8 --temperature 1.2
-    (or: curate score --recipe pipelines/pebr.yaml --model runs/warmup)
+    (or: curate score --recipe pipelines/pebr.yaml --model runs/warmup;
+    on 8 GPUs: curate score --model M --engine vllm --ray --replicas 8)
     """
     from curate.score import score as run_score
     from curate.score import score_options
@@ -287,7 +298,8 @@ def score(
         sources=source, adaptive=adaptive, round_size=round_size, batch_size=batch_size, chunk=chunk,
         tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
         max_model_len=max_model_len, dtype=dtype, min_pixels=min_pixels, max_pixels=max_pixels,
-        format_prompt=format_prompt, limit=limit, run=run, new_run=new_run or None))
+        format_prompt=format_prompt, limit=limit, run=run, new_run=new_run or None, ray=ray, replicas=replicas,
+        gpus_per_replica=gpus_per_replica, cpus_per_replica=cpus_per_replica, ray_address=ray_address))
     if reward:
         values = merge(values, {"rewards": parse_overrides(reward)})
     model = model or load_recipe(recipe).get("model")
@@ -296,8 +308,9 @@ def score(
 
         raise PebrError("--model is required (or a recipe with a top-level `model`)")
     opts = score_options(str(model), {**values, "shard": _parse_shard(shard)})
+    where = f"{opts.engine} x {opts.ray_options.replicas} on Ray" if opts.ray else opts.engine
     with progress_bar(unit="rollouts") as bar:
-        task = bar.add_task(f"score ({opts.engine})", total=None)
+        task = bar.add_task(f"score ({where})", total=None)
 
         def progress(advance: int, total: int | None) -> None:
             if total is not None:
@@ -308,6 +321,12 @@ def score(
     out = console()
     out.print(f"run [bold]{esc(report.run_id)}[/bold]: {report.samples:,} samples, {report.generated:,} rollouts generated "
               f"({report.already_done:,} already done) in {report.seconds:.1f} s")
+    if report.executor == "ray" and report.generated:
+        for r in report.replicas:
+            restarts = f", restarted {r['restarts']}x" if r["restarts"] else ""
+            lost = f", {r['lost_chunks']} chunk(s) sent again" if r["lost_chunks"] else ""
+            out.print(f"  replica {r['replica']} on {esc(r['node'])}: {r['rollouts']:,} rollouts, "
+                      f"{r['rollouts_per_s']:,.1f} rollouts/s while generating{restarts}{lost}", highlight=False)
     if opts.adaptive:
         total = report.generated + report.already_done
         out.print(f"adaptive: {total:,} rollouts instead of {report.rollouts_full:,} "

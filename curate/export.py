@@ -304,10 +304,19 @@ def shard_name(i: int, shards: int) -> str:
     return f"train-{i:05d}-of-{shards:05d}.parquet"
 
 
-def _stage_sql(picked: str, samples: str, store_root: Path, images: str, template: str, where: str = "true") -> str:
-    """The stage rows (STAGE_COLUMNS) of `picked p` matching `where`, in seeded order: the samples'
-    problem, images and columns, and the prompt built from the problem by `generation.prompt`
-    (needs the `pebr_prompt` macro)."""
+STAGE_JOIN = "stage_joined"
+"""The table `write_shards` joins the picked rows and their samples into, once, for every shard to read its range."""
+
+
+def _joined_sql(picked: str, samples: str) -> str:
+    """The picked rows with the samples' columns a stage file needs (one row per picked sample found)."""
+    return ("SELECT s.sample_id, p.source, p.capability, s.qid, s.problem, s.answer, s.key_words, s.images AS images_rel, "
+            f"s.extra, p.n, p.k, p.pass_rate, p.band, p.p_degenerate, p.rank_key FROM {picked} p JOIN {samples} s USING (sample_id)")
+
+
+def _stage_sql(joined: str, store_root: Path, images: str, template: str, where: str = "true") -> str:
+    """The stage rows (STAGE_COLUMNS) of `joined p` (`_joined_sql`'s rows) matching `where`, in seeded
+    order, with the prompt built from the problem by `generation.prompt` (needs the `pebr_prompt` macro)."""
     cols = {
         "prompt": prompt_sql("problem", "len(images_rel)", template, parts="prompt_parts"),
         "images": images_sql("images_rel", store_root, images),
@@ -328,9 +337,7 @@ def _stage_sql(picked: str, samples: str, store_root: Path, images: str, templat
     assert tuple(cols) == STAGE_COLUMNS
     select = ", ".join(f"{expr} AS {name}" for name, expr in cols.items())
     # Sorted first, then the prompt and image columns are built over the sorted rows: a narrower sort.
-    rows = ("SELECT s.sample_id, p.source, p.capability, s.qid, s.problem, s.answer, s.key_words, s.images AS images_rel, "
-            f"s.extra, p.n, p.k, p.pass_rate, p.band, p.p_degenerate FROM {picked} p JOIN {samples} s USING (sample_id) "
-            f"WHERE {where} ORDER BY p.rank_key")
+    rows = f"SELECT * EXCLUDE (rank_key) FROM {joined} p WHERE {where} ORDER BY p.rank_key"
     rows = f"SELECT *, {prompt_parts_sql('problem', template)} AS prompt_parts FROM ({rows})"
     return f"SELECT {select} FROM ({rows})"
 
@@ -354,10 +361,17 @@ def write_shards(con, picked: str, samples: str, out: Path, store_root: Path, *,
     are removed before the error propagates.
 
     One pipeline per shard uses the cores: DuckDB's own parallel sort and ordered writer were slower
-    than one thread for a stage's file. Each pipeline reads the samples once, so shards far smaller
-    than the default cost more than they save."""
+    than one thread for a stage's file. The picked rows are joined to their samples once, on every
+    thread, into a table of the connection (STAGE_JOIN) whose range each shard reads: a join per
+    shard would read all the samples per shard, a cost that grows with the square of the store."""
     from concurrent.futures import ThreadPoolExecutor
 
+    one_thread = con.execute("SELECT current_setting('threads')").fetchall()[0][0]
+    con.execute(f"SET threads = {max(1, workers)}")
+    try:
+        con.execute(f"CREATE OR REPLACE TABLE {STAGE_JOIN} AS {_joined_sql(picked, samples)}")
+    finally:
+        con.execute(f"SET threads = {one_thread}")
     con.execute(prompt_macro())
     as_template(template).register(con)  # a template SQL cannot express renders through Python
     shards = max(1, -(-rows // shard_rows))
@@ -375,7 +389,7 @@ def write_shards(con, picked: str, samples: str, out: Path, store_root: Path, *,
     def write(i: int) -> int:
         cur = con.cursor() if shards > 1 else con  # a cursor per pipeline: DuckDB runs each on its caller's thread
         try:
-            return write_parquet(cur, _stage_sql(picked, samples, store_root, images, template, wheres[i]), out / names[i],
+            return write_parquet(cur, _stage_sql(STAGE_JOIN, store_root, images, template, wheres[i]), out / names[i],
                                  store_root, images)
         finally:
             if cur is not con:
@@ -390,4 +404,5 @@ def write_shards(con, picked: str, samples: str, out: Path, store_root: Path, *,
             (out / name).unlink(missing_ok=True)
         raise
     pool.shutdown()
+    con.execute(f"DROP TABLE {STAGE_JOIN}")
     return written, names

@@ -14,11 +14,15 @@ Formats:
   weighted one mixes in format), not an accuracy.
 
 DuckDB reads the file; no Python loop touches a line. The dump is read once, in parallel, into a
-temporary table that keeps the file's order (its row ids are the records' positions, spilled to disk
-beyond the memory limit); the record count comes from that one reading. The rollouts are a relation
-over that table, which `Store.write` checks against the rollouts schema and has DuckDB write in
+staging Parquet file in the run's spill folder that keeps the file's order (a row's position in it is
+its record's position); the record count comes from that one reading. The rollouts are a relation
+over that file, which `Store.write` checks against the rollouts schema and has DuckDB write in
 parallel. Lines DuckDB cannot parse (or that carry no question id) are counted against the file's
 records (its non-blank lines) and reported.
+
+Why a file and not a temporary table: past the memory limit a table spills uncompressed blocks and
+reads them back, while the staging file is compressed and read column by column; at 20 M rollouts
+the import took a fifth less time, at 2 M the same (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ MAX_RECORD_BYTES = 16 << 20
 """Records up to this length are always read (DuckDB's reader takes up to twice as much, and at
 least 32 MiB); a longer one stops the import with a clear error, before anything is written."""
 MEMORY_LIMIT = "512MB"
-"""DuckDB's memory limit for an import; the dump's table spills to <store>/tmp beyond it."""
+"""DuckDB's memory limit for an import; its joins and aggregations spill to <store>/tmp beyond it."""
 NULL_COLUMNS = ("format", "keyword", "length", "clip", "n_tokens")
 """Rollout columns an import leaves NULL: dumps carry the accuracy only."""
 TRUNCATED_CUT = 50
@@ -179,7 +183,6 @@ def import_rollouts(store: Store, path: Path, source: str | None = None, fmt: st
             if prior:
                 return ImportReport(run_id=None, already_imported=prior[0])
             report, part = _import(store, con, path, files, run_id, fmt, select, columns, source, correct_threshold, spill)
-            con.execute("DROP TABLE dump")
             store.add_run(run_id, "import", con, config={
                 "path": str(path.absolute()), "dump_sha256": digest.result(), "dump_size": size,
                 "fingerprint": fingerprint(),
@@ -223,22 +226,24 @@ def _import(store: Store, con, path: Path, files: list[Path], run_id: str, fmt: 
     paths = "[" + ", ".join(sql_file(p) for p in files) + "]"
     reader = (f"read_json({paths}, format = 'newline_delimited', columns = {cols}, ignore_errors = true, "
               f"maximum_object_size = {MAX_RECORD_BYTES})")
-    # One parallel reading of the dump into a table that keeps the file's order: each non-blank line
-    # is one row (a line the reader cannot parse is a row of NULLs), and a row's rowid is its
-    # record's position, which becomes the imported rollout's index. A dump still being appended to
-    # is imported, and accounted for, as this reading saw it.
+    # One parallel reading of the dump into a staging file that keeps the file's order: each non-blank
+    # line is one row (a line the reader cannot parse is a row of NULLs), and a row's position in the
+    # file is its record's position, which becomes the imported rollout's index. A dump still being
+    # appended to is imported, and accounted for, as this reading saw it.
+    spill.mkdir(parents=True, exist_ok=True)
+    staged = spill / "dump.parquet"
     con.execute("SET preserve_insertion_order = true")
     try:
-        con.execute(f"CREATE TEMP TABLE dump AS {select} FROM {reader}")
+        con.execute(f"COPY ({select} FROM {reader}) TO {sql_literal(staged)} (FORMAT parquet, COMPRESSION snappy)")
     except duckdb.InvalidInputException as exc:
         if "maximum_object_size" not in str(exc):
             raise
         raise PebrError(f"{path}: a record is longer than the importer reads ({MAX_RECORD_BYTES >> 20} MiB, "
                         "pebr's curate.importer.MAX_RECORD_BYTES); nothing was imported") from None
-    # The reference's dump has no acc column (held in memory, a column of NULLs would cost 8 bytes a line).
-    has_acc = fmt == "verl"
+    dump = f"read_parquet({sql_file(staged)}, file_row_number = true)"
+    has_acc = fmt == "verl"  # the reference's dumps carry their accuracy only
     lines, rollouts, with_acc = con.execute("SELECT count(*), count(qid), "
-                                            f"{'count(qid) FILTER (acc IS NOT NULL)' if has_acc else '0'} FROM dump").fetchone()
+                                            f"{'count(qid) FILTER (acc IS NOT NULL)' if has_acc else '0'} FROM {dump}").fetchone()
     if rollouts == 0:
         raise PebrError(f"{path}: no rollout could be read ({lines} lines)")
     if threshold is None:
@@ -261,11 +266,11 @@ def _import(store: Store, con, path: Path, files: list[Path], run_id: str, fmt: 
     truncated = (f"(length(d.response) = {2 * cut + 3} AND substr(d.response, {cut + 1}, 3) = '...')" if fmt == "pebr"
                  else "false")
     rows = con.sql(f"""
-        SELECT {sql_literal(run_id)} AS run_id, m.sample_id, d.qid, CAST(d.rowid AS INTEGER) AS rollout_idx,
+        SELECT {sql_literal(run_id)} AS run_id, m.sample_id, d.qid, CAST(d.file_row_number AS INTEGER) AS rollout_idx,
           CAST(NULL AS BIGINT) AS seed, coalesce(d.response, '') AS response, CAST(NULL AS INTEGER) AS n_tokens,
           CAST(NULL AS VARCHAR) AS finish_reason, {accuracy} AS accuracy, {reward_nulls},
           CAST(d.score AS FLOAT) AS overall, {correct} AS correct, coalesce({truncated}, false) AS truncated
-        FROM dump d LEFT JOIN qmap m USING (qid)
+        FROM {dump} d LEFT JOIN qmap m USING (qid)
         WHERE d.qid IS NOT NULL
     """)
     part = store.write("rollouts", rows, run_id)

@@ -13,6 +13,12 @@ How a run stays exact under crashes, shards and adaptive stopping:
 5. `--adaptive` samples in rounds and stops a sample once it has a correct and an incorrect rollout:
    its band (medium) is then certain. Easy and hard samples still get all n, so bands equal those of
    a full run with the same seeds.
+6. Where chunks are generated is an executor (curate.executors): the engine in this process, or
+   `--ray` engine replicas across GPUs and machines. Everything else (what is pending, grading,
+   writing parts under the lock, adaptive rounds) is this one loop, and this process stays the store's
+   only writer: replicas get requests with their images' bytes and send completions back.
+7. Each invocation that generated rollouts leaves a `score-session` row in `runs` (its parent_run is
+   the run): the executor, and each replica's rollouts, busy seconds and throughput.
 """
 
 from __future__ import annotations
@@ -26,7 +32,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from curate.difficulty import warm_cache
-from curate.store import Store
+from curate.executors import (
+    EngineSpec,
+    Executor,
+    LocalExecutor,
+    RayExecutor,
+    RayOptions,
+)
+from curate.store import Store, new_run_id
 from generation import PROMPT_RULES, TOKEN_RULES
 from generation.base import (
     Completion,
@@ -80,12 +93,17 @@ class ScoreOptions:
     """Resume this run id instead of the one the options fingerprint."""
     new_run: bool = False
     """Start a new run even when an identical one exists."""
+    ray: bool = False
+    """Generate on engine replicas in a Ray cluster (`ray_options`) instead of in this process; the run
+    and its rollouts are the same either way."""
+    ray_options: RayOptions = field(default_factory=RayOptions)
+    """Replicas, GPUs and CPUs per replica, the cluster's address (with `ray`)."""
 
 
 def score_options(model: str, values: dict) -> ScoreOptions:
     """ScoreOptions from one flat mapping (a recipe's `score` section merged with the command line):
-    the fields of ScoreOptions, of its SamplingConfig and of its EngineOptions side by side (whole
-    `sampling` / `engine_options` objects or mappings too, single fields overriding them); `rewards`
+    the fields of ScoreOptions, of its SamplingConfig, EngineOptions and RayOptions side by side (whole
+    `sampling` / `engine_options` / `ray_options` objects or mappings too, single fields overriding them); `rewards`
     a mapping of RewardConfig fields; `format_prompt` a template file (its text becomes `template`).
     Unknown keys and wrong types are one clear error.
 
@@ -101,7 +119,7 @@ def score_options(model: str, values: dict) -> ScoreOptions:
         values["template"] = load_format_prompt(values.pop("format_prompt"))
     values.pop("format_prompt", None)
     groups = {name: {f.name for f in dataclasses.fields(cls)} for name, cls in
-              (("sampling", SamplingConfig), ("engine_options", EngineOptions))}
+              (("sampling", SamplingConfig), ("engine_options", EngineOptions), ("ray_options", RayOptions))}
     top = {f.name for f in dataclasses.fields(ScoreOptions)} - set(groups) - {"model"}
     bases = {name: values.pop(name, None) for name in groups}
     unknown = sorted(set(values) - top - set().union(*groups.values()))
@@ -122,6 +140,11 @@ class ScoreReport:
     rollouts_full: int = 0
     """Rollouts a full (non-adaptive) run of these samples would make."""
     seconds: float = 0.0
+    executor: str = "local"
+    replicas: list[dict] = field(default_factory=list)
+    """Each replica's record (ReplicaStats.record): node, pids, chunks, rollouts, busy seconds, rollouts/s."""
+    session: str | None = None
+    """The `score-session` row this invocation wrote in `runs` (None when it generated nothing)."""
 
 
 def _model_fingerprint(model: str) -> str:
@@ -176,23 +199,32 @@ def _pending(have: dict[int, bool], n: int, adaptive: bool, round_size: int) -> 
     return missing[:round_size] if adaptive else missing
 
 
-def _load_images(store: Store, paths: list[str]):
-    from PIL import Image
-
-    out = []
-    for p in paths:
-        with Image.open(store.root / p) as im:
-            out.append(im.convert("RGB"))
-    return out
+def _chunks(store: Store, opts: ScoreOptions, todo: list[tuple[str, list[int]]], by_id: dict, size: int):
+    """The round's requests, `size` samples a chunk, each built when the executor asks for it. Images go
+    as their files' bytes: what a replica on another machine can use without the store."""
+    for start in range(0, len(todo), size):
+        chunk = []
+        for sid, idx in todo[start:start + size]:
+            _, problem, _answer, _kw, images, _qid = by_id[sid]
+            chunk.append(Request(
+                key=sid, messages=build_messages(problem, len(images), opts.template),
+                images=[(store.root / p).read_bytes() for p in images], rollout_idx=idx,
+                seeds=[rollout_seed(opts.sampling.seed, sid, j) for j in idx],
+            ))
+        yield chunk
 
 
 def score(store: Store, opts: ScoreOptions, progress: Callable[[int, int | None], None] | None = None,
-          engine=None) -> ScoreReport:
-    """Generate and grade the rollouts a run still needs. `progress(advance, new_total)` reports rollouts."""
+          engine=None, executor: Executor | None = None) -> ScoreReport:
+    """Generate and grade the rollouts a run still needs. `progress(advance, new_total)` reports rollouts.
+
+    `engine` is an engine already loaded, for this process; `executor` generates the chunks instead
+    (default: `RayExecutor(opts.ray_options)` with `opts.ray`, else this process); an executor passed
+    in is left open, so its caller can still read its replicas.
+    """
     import time
 
-    from generation import load_engine
-    from rewards import GRADER_VERSION, grade
+    from rewards import GRADER_VERSION
 
     store.require()
     i, n_shards = opts.shard
@@ -206,6 +238,8 @@ def score(store: Store, opts: ScoreOptions, progress: Callable[[int, int | None]
         raise PebrError(str(exc)) from None
     if not Path(opts.model).is_dir():
         raise PebrError(f"--model {opts.model}: not a model directory")
+    if not opts.ray and executor is None and opts.ray_options != RayOptions():
+        raise PebrError("--replicas, --gpus-per-replica, --cpus-per-replica and --ray-address apply with --ray")
     fp = run_fingerprint(opts, GRADER_VERSION)
     con = store.connect()
     if opts.run:
@@ -246,6 +280,30 @@ def score(store: Store, opts: ScoreOptions, progress: Callable[[int, int | None]
     report = ScoreReport(run_id=run_id, samples=len(rows), rollouts_full=len(rows) * n,
                          already_done=sum(len(v) for v in have.values()))
     started = time.monotonic()
+    spec = EngineSpec(opts.engine, opts.model, opts.engine_options, opts.sampling)
+    own = executor is None
+    if executor is None:
+        executor = RayExecutor(opts.ray_options) if opts.ray else LocalExecutor(engine)
+    report.executor = executor.name
+    try:
+        _score_rounds(store, opts, fp, run_id, run_exists, rows, have, report, executor, spec, progress)
+    finally:
+        if own:
+            executor.close()
+    report.seconds = time.monotonic() - started
+    warm_cache(store, run_id)  # selections and reports of the run read its difficulty from here
+    return report
+
+
+def _score_rounds(store: Store, opts: ScoreOptions, fp: dict, run_id: str, run_exists: bool, rows: list, have: dict,
+                  report: ScoreReport, executor: Executor, spec: EngineSpec, progress) -> None:
+    """Commit the run's row, then generate, grade and write round after round until nothing is pending."""
+    import time
+
+    from rewards import GRADER_VERSION, grade
+
+    n = opts.sampling.n
+    started = time.monotonic()
     with _shard_lock(store, run_id, opts.shard):
         if not run_exists:
             with store.writing(f"curate score {run_id}", wait=STORE_WAIT_S):
@@ -260,22 +318,10 @@ def score(store: Store, opts: ScoreOptions, progress: Callable[[int, int | None]
             todo = [(sid, idx) for sid, idx in todo if idx]
             if not todo:
                 break
-            if engine is None:
-                engine = load_engine(opts.engine, opts.model, opts.engine_options, opts.sampling)
             if progress:
                 progress(0, report.already_done + report.generated + sum(len(ix) for _, ix in todo))
             size = opts.chunk or CHUNK.get(opts.engine, CHUNK["hf"])
-            for start in range(0, len(todo), size):
-                chunk = todo[start:start + size]
-                requests = []
-                for sid, idx in chunk:
-                    _, problem, _answer, _kw, images, _qid = by_id[sid]
-                    requests.append(Request(
-                        key=sid, messages=build_messages(problem, len(images), opts.template),
-                        images=_load_images(store, images), rollout_idx=idx,
-                        seeds=[rollout_seed(opts.sampling.seed, sid, j) for j in idx],
-                    ))
-                outputs = engine.generate(requests, opts.sampling)
+            for requests, outputs in executor.run(spec, _chunks(store, opts, todo, by_id, size)):
                 table = _graded_rows(run_id, requests, outputs, by_id, grade, opts.rewards)
                 with store.writing(f"curate score {run_id}", wait=STORE_WAIT_S):
                     store.write("rollouts", table, run_id)
@@ -285,9 +331,16 @@ def score(store: Store, opts: ScoreOptions, progress: Callable[[int, int | None]
                 report.generated += table.num_rows
                 if progress:
                     progress(table.num_rows, None)
-    report.seconds = time.monotonic() - started
-    warm_cache(store, run_id)  # selections and reports of the run read its difficulty from here
-    return report
+        report.replicas = [s.record() for s in executor.stats]
+        if report.generated:
+            seconds = time.monotonic() - started
+            report.session = new_run_id("session")
+            with store.writing(f"curate score {run_id}", wait=STORE_WAIT_S):
+                store.add_run(report.session, "score-session", model=fp["model"], engine=opts.engine, parent_run=run_id,
+                              config={"executor": executor.name, "shard": list(opts.shard), "generated": report.generated,
+                                      "seconds": round(seconds, 3), "rollouts_per_s": round(report.generated / seconds, 3),
+                                      "replicas": report.replicas,
+                                      "ray": dataclasses.asdict(opts.ray_options) if executor.name == "ray" else None})
 
 
 def _graded_rows(run_id: str, requests: list[Request], outputs: list[list[Completion]], by_id: dict, grade, rewards=None):

@@ -39,7 +39,8 @@ class Request:
     messages: list[dict]
     """Chat messages with ``{"type": "image"}`` parts."""
     images: list[Any]
-    """PIL images, in the order of the image parts."""
+    """PIL images, in the order of the image parts; or their files' bytes (PNG, JPEG, ...), which is
+    how a request travels to another process (`decoded` turns them into images there)."""
     rollout_idx: list[int]
     """Which rollouts of the sample to produce."""
     seeds: list[int]
@@ -79,6 +80,34 @@ class EngineOptions:
     """Sequences per forward pass (hf engine)."""
     extra: dict = field(default_factory=dict)
     """Anything else: model_id, device (hf), max_images and llm_kwargs (vllm)."""
+
+
+def decoded(requests: list[Request]) -> list[Request]:
+    """The requests with every image given as bytes decoded to an RGB PIL image, as the engines take them.
+
+    Scoring sends a file's encoded bytes rather than pixels: a PNG is a fraction of its decoded size,
+    and the receiver (an engine replica on another machine) needs no access to the store's files.
+
+    >>> import io
+    >>> from PIL import Image
+    >>> buf = io.BytesIO(); Image.new("L", (4, 3)).save(buf, "PNG")
+    >>> (r,) = decoded([Request("s", [], [buf.getvalue()], [0], [1])])
+    >>> r.images[0].mode, r.images[0].size
+    ('RGB', (4, 3))
+    """
+    import dataclasses
+    import io
+
+    from PIL import Image
+
+    def rgb(image: Any) -> Any:
+        if not isinstance(image, (bytes, bytearray, memoryview)):
+            return image
+        with Image.open(io.BytesIO(image)) as im:
+            return im.convert("RGB")
+
+    return [dataclasses.replace(r, images=[rgb(i) for i in r.images]) if any(isinstance(i, (bytes, bytearray, memoryview))
+            for i in r.images) else r for r in requests]
 
 
 def rollout_seed(run_seed: int, sample_id: str, rollout_idx: int) -> int:

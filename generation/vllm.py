@@ -7,8 +7,9 @@ with the rest of its group, or resumed after a crash. The cost is small: prefix 
 the shared prompt (image included) once, and vLLM's scheduler batches the requests itself.
 
 Parallelism: ``tensor_parallel_size`` splits one model over GPUs. Offline data parallelism needs
-one process per replica, so run several ``curate score --shard i/N``
-processes (each with its own ``CUDA_VISIBLE_DEVICES``); their shards land in the same store.
+one process per replica: ``curate score --ray --replicas N`` runs N engines as Ray actors (one or
+more GPUs each, on one machine or several), or several ``curate score --shard i/N`` processes
+(each with its own ``CUDA_VISIBLE_DEVICES``) fill the same store.
 """
 
 from __future__ import annotations

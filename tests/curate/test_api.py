@@ -152,6 +152,8 @@ def test_score_routes_options_to_the_configs(view, monkeypatch):
     assert opts.chunk is None  # score picks CHUNK[engine] itself, as `curate score` does
     view.score("m", sampling=type(defaults.sampling)(n=3, seed=9), seed=4)
     assert (seen["opts"].sampling.n, seen["opts"].sampling.seed, seen["opts"].chunk) == (3, 4, defaults.chunk)
+    view.score("m", ray=True, replicas=4, gpus_per_replica=2)
+    assert seen["opts"].ray and (seen["opts"].ray_options.replicas, seen["opts"].ray_options.gpus_per_replica) == (4, 2.0)
 
 
 def test_import_curate_stays_light():
