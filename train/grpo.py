@@ -24,6 +24,9 @@ departs from plain GRPO, and where each piece comes from:
    counted, as the reference's dataset does.
 10. The signal check: the stage dataset's manifest predicts the fraction of zero-advantage groups;
     TRL logs the observed fraction (`frac_reward_zero_std`) per step; the end of the stage prints both.
+11. Rollouts without vLLM can use a static KV cache and a compiled decode step (`generation_mode`, the hf
+    engine's modes): TRL's ``cache_implementation``, and TRL's ``disable_compile`` lifted by the trainer.
+    TRL's continuous batching (``use_transformers_continuous_batching``) refuses multimodal models.
 """
 
 from __future__ import annotations
@@ -188,10 +191,17 @@ def trainer_class():
     class PebrGRPOTrainer(GRPOTrainer):
         """GRPOTrainer whose advantages divide by (std + advantage_epsilon) instead of TRL's (std + 1e-4)."""
 
-        def __init__(self, *args, advantage_epsilon: float = TRL_ADVANTAGE_EPSILON, **kwargs):
+        def __init__(self, *args, advantage_epsilon: float = TRL_ADVANTAGE_EPSILON, generation_mode: str = "generate",
+                     **kwargs):
             super().__init__(*args, **kwargs)
             self.advantage_epsilon = advantage_epsilon
             self._rewards_per_func = None
+            if not self.use_vllm and generation_mode != "generate":
+                from generation.hf import mode_generation_kwargs
+
+                # TRL builds its rollout config with disable_compile=True; the mode decides instead.
+                for key, value in mode_generation_kwargs(generation_mode, self.accelerator.device.type).items():
+                    setattr(self.generation_config, key, value)
 
         def _calculate_rewards(self, *args, **kwargs):
             # The gathered rewards TRL normalises next; kept to redo its std.
@@ -271,6 +281,8 @@ class Stage:
     log: SignalLog
     longest_prompt: int = 0
     """Tokens of the longest prompt kept (chat template and image tokens included)."""
+    generation_mode: str = "generate"
+    """How the rollouts run `generate` (`GRPOStageConfig.generation_mode`, ``auto`` resolved for the device)."""
 
 
 def build_stage(model_dir: Path, data: Path, out: Path, cfg: GRPOStageConfig, image_root: Path | None = None,
@@ -279,6 +291,7 @@ def build_stage(model_dir: Path, data: Path, out: Path, cfg: GRPOStageConfig, im
     from transformers import set_seed
     from trl import GRPOConfig
 
+    from generation.base import resolve_hf_mode
     from generation.tokens import banned_token_ids
     from rewards import renormalisation_note, stage_reward_functions
     from train.common import cuda_available, freeze_vision_tower, load_vlm, use_bf16
@@ -287,6 +300,7 @@ def build_stage(model_dir: Path, data: Path, out: Path, cfg: GRPOStageConfig, im
     if cfg.stage not in GRPO_STAGES:
         raise PebrError(f"GRPO stage must be one of {', '.join(GRPO_STAGES)}, not {cfg.stage!r}")
     set_seed(cfg.seed)
+    generation_mode = resolve_hf_mode(cfg.generation_mode, "cuda" if cuda_available() else "cpu")
     dataset, report = load_rl(data, image_root, format_prompt_text(cfg.format_prompt))
     model, processor = load_vlm(model_dir, cfg.min_pixels, cfg.max_pixels, train=True)
     if cfg.freeze_vision:
@@ -309,6 +323,7 @@ def build_stage(model_dir: Path, data: Path, out: Path, cfg: GRPOStageConfig, im
         vllm_importance_sampling_correction=cfg.vllm_importance_sampling_correction,
         # Rollouts follow the token rules scoring follows (generation.tokens).
         generation_kwargs={"suppress_tokens": banned_token_ids(processor, model.config)},
+        cache_implementation=None if generation_mode == "generate" else "static",
         bf16=use_bf16(cfg.bf16),
         # The frozen KL reference needs no fp32 master copy: bf16 halves its memory.
         model_init_kwargs={"dtype": "bfloat16"} if use_bf16(cfg.bf16) else None,
@@ -325,9 +340,10 @@ def build_stage(model_dir: Path, data: Path, out: Path, cfg: GRPOStageConfig, im
                         "`accelerate launch` or torchrun")
     trainer = trainer_class()(model=model, reward_funcs=funcs, args=args, train_dataset=dataset,
                               processing_class=processor, callbacks=[log.callback(), *(callbacks or [])],
-                              advantage_epsilon=cfg.advantage_epsilon)
+                              advantage_epsilon=cfg.advantage_epsilon, generation_mode=generation_mode)
     return Stage(trainer=trainer, processor=processor, report=report, batching=b, weights=weights,
-                 note=renormalisation_note(cfg.stage, cfg.rewards), log=log, longest_prompt=longest)
+                 note=renormalisation_note(cfg.stage, cfg.rewards), log=log, longest_prompt=longest,
+                 generation_mode=generation_mode)
 
 
 def run_stage(model_dir: Path, data: Path, out: Path, cfg: GRPOStageConfig, image_root: Path | None = None,
@@ -352,7 +368,7 @@ def run_stage(model_dir: Path, data: Path, out: Path, cfg: GRPOStageConfig, imag
         "observed_per_step": observed}, indent=2))
     write_run_record(out, cfg.stage, asdict(cfg), str(model_dir), str(data), report.manifest, {
         "rows": report.rows, "skipped": report.skipped, "longest_prompt_tokens": stage.longest_prompt,
-        "trl_batching": asdict(b), "reward_weights": stage.weights,
+        "trl_batching": asdict(b), "reward_weights": stage.weights, "generation_mode": stage.generation_mode,
         "rollouts": result.steps * b.questions_per_update * cfg.num_generations,
         "reward_note": stage.note, "signal": {"predicted_zero_adv": predicted, "observed_zero_adv": result.observed_zero_adv}})
     return result

@@ -54,6 +54,8 @@ def test_every_paper_knob_reaches_trl(tmp_path, tiny_model, world, stage):
     # Rollouts never contain an image or turn-start token: the rule scoring follows.
     assert args.generation_kwargs["suppress_tokens"] == banned_token_ids(built.processor, built.trainer.model.config)
     assert len(args.generation_kwargs["suppress_tokens"]) == 5
+    # Rollouts by plain generate (generation_mode auto, on a CPU): TRL's dynamic cache, nothing compiled.
+    assert args.cache_implementation is None and built.trainer.generation_config.disable_compile
     assert args.seed == cfg.seed == 1 and not args.remove_unused_columns
 
 
@@ -182,3 +184,40 @@ def test_prompt_lengths_count_image_tokens_as_the_processor_resizes(tmp_path, ar
                                               add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"][0])
             for row in dataset]
     assert prompt_lengths(processor, dataset) == seen
+
+
+def _rollouts(trainer, seed: int = 3) -> list[list[int]]:
+    import torch
+
+    trainer.model.train()
+    torch.manual_seed(seed)
+    inputs = [trainer.train_dataset[i] for i in (0, 1) for _ in range(4)]
+    return trainer._generate_and_score_completions(inputs)["completion_ids"].tolist()
+
+
+@pytest.mark.parametrize("mode", ["static", pytest.param("compile", marks=pytest.mark.slow)])
+def test_the_generation_mode_reaches_trl_and_keeps_the_rollouts(tmp_path, tiny_model, world, mode):
+    """A static cache (and its compiled decode step) changes no rollout: TRL's draws from the same seed are the
+    same; a training step runs with it."""
+    def stage(generation_mode):
+        cfg = stage_config("reasoning", overrides=dict(num_generations=4, micro_batch_size=4, update_batch_questions=2,
+                                                       rollout_batch_questions=2, max_completion_length=12,
+                                                       temperature=1.0, generation_mode=generation_mode, max_steps=1,
+                                                       save_steps=10, logging_steps=1))
+        return build_stage(tiny_model, world / "train.jsonl", tmp_path / generation_mode, cfg).trainer
+
+    fast, plain = stage(mode), stage("generate")
+    assert (fast.args.cache_implementation, plain.args.cache_implementation) == ("static", None)
+    config = fast.generation_config
+    assert config.cache_implementation == "static" and config.disable_compile is (mode == "static")
+    assert (config.compile_config is not None) is (mode == "compile")
+    assert _rollouts(fast) == _rollouts(plain)
+    assert (getattr(fast.model, "_compiled_call", None) is not None) is (mode == "compile")
+    fast.train()
+    assert fast.state.global_step == 1 and "loss" in fast.state.log_history[0]
+
+
+def test_an_unknown_generation_mode_is_one_clear_error(tmp_path, tiny_model, world):
+    cfg = stage_config("reasoning", overrides=dict(generation_mode="paged"))
+    with pytest.raises(PebrError, match="token ids only"):
+        build_stage(tiny_model, world / "train.jsonl", tmp_path / "r", cfg)
