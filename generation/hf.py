@@ -114,6 +114,21 @@ def _torch_dtype(name: str):
     return getattr(torch, name)
 
 
+CACHE_LEN_STEP = 256
+"""A static cache's length is rounded up to a multiple of this many tokens, so that batches whose prompt
+widths are close share one cache shape (and one compiled decode step) at the price of a little more
+attention per step. transformers keeps the longest length it has seen, so the shapes settle early."""
+
+
+def static_cache_len(prompt_width: int, max_new_tokens: int, step: int = CACHE_LEN_STEP) -> int:
+    """The static cache length for a batch: prompt plus response, rounded up to ``step``.
+
+    >>> static_cache_len(300, 256), static_cache_len(0, 256), static_cache_len(257, 255)
+    (768, 256, 512)
+    """
+    return -(-(prompt_width + max_new_tokens) // step) * step
+
+
 def mode_generation_kwargs(mode: str, device_type: str) -> dict:
     """GenerationConfig settings for an hf mode (one of generation.base.HF_MODES) on a device type.
 
@@ -195,12 +210,14 @@ class HFEngine:
             top_p=cfg.top_p,
             banned=self.banned_ids,
         )
+        static = {} if self.mode == "generate" else {"max_cache_len": static_cache_len(width, cfg.max_new_tokens)}
         generated = self.model.generate(
             **inputs,
             max_new_tokens=cfg.max_new_tokens,
             do_sample=False,
             num_beams=1,
             logits_processor=[sampler],
+            **static,
         )[:, width:].tolist()
         return [self._completion(ids) for ids in generated]
 

@@ -25,7 +25,8 @@ departs from plain GRPO, and where each piece comes from:
 10. The signal check: the stage dataset's manifest predicts the fraction of zero-advantage groups;
     TRL logs the observed fraction (`frac_reward_zero_std`) per step; the end of the stage prints both.
 11. Rollouts without vLLM can use a static KV cache and a compiled decode step (`generation_mode`, the hf
-    engine's modes): TRL's ``cache_implementation``, and TRL's ``disable_compile`` lifted by the trainer.
+    engine's modes): TRL's ``cache_implementation``, and TRL's ``disable_compile`` lifted by the trainer, with
+    the cache sized once for the stage's longest prompt so that every generation batch has the same shapes.
     TRL's continuous batching (``use_transformers_continuous_batching``) refuses multimodal models.
 """
 
@@ -192,7 +193,7 @@ def trainer_class():
         """GRPOTrainer whose advantages divide by (std + advantage_epsilon) instead of TRL's (std + 1e-4)."""
 
         def __init__(self, *args, advantage_epsilon: float = TRL_ADVANTAGE_EPSILON, generation_mode: str = "generate",
-                     **kwargs):
+                     rollout_cache_len: int | None = None, **kwargs):
             super().__init__(*args, **kwargs)
             self.advantage_epsilon = advantage_epsilon
             self._rewards_per_func = None
@@ -202,6 +203,8 @@ def trainer_class():
                 # TRL builds its rollout config with disable_compile=True; the mode decides instead.
                 for key, value in mode_generation_kwargs(generation_mode, self.accelerator.device.type).items():
                     setattr(self.generation_config, key, value)
+                # One cache length for every generation batch of the stage: one set of shapes to compile.
+                self.generation_config.max_cache_len = rollout_cache_len
 
         def _calculate_rewards(self, *args, **kwargs):
             # The gathered rewards TRL normalises next; kept to redo its std.
@@ -340,7 +343,8 @@ def build_stage(model_dir: Path, data: Path, out: Path, cfg: GRPOStageConfig, im
                         "`accelerate launch` or torchrun")
     trainer = trainer_class()(model=model, reward_funcs=funcs, args=args, train_dataset=dataset,
                               processing_class=processor, callbacks=[log.callback(), *(callbacks or [])],
-                              advantage_epsilon=cfg.advantage_epsilon, generation_mode=generation_mode)
+                              advantage_epsilon=cfg.advantage_epsilon, generation_mode=generation_mode,
+                              rollout_cache_len=longest + cfg.max_completion_length)
     return Stage(trainer=trainer, processor=processor, report=report, batching=b, weights=weights,
                  note=renormalisation_note(cfg.stage, cfg.rewards), log=log, longest_prompt=longest,
                  generation_mode=generation_mode)

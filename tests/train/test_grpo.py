@@ -204,13 +204,17 @@ def test_the_generation_mode_reaches_trl_and_keeps_the_rollouts(tmp_path, tiny_m
                                                        rollout_batch_questions=2, max_completion_length=12,
                                                        temperature=1.0, generation_mode=generation_mode, max_steps=1,
                                                        save_steps=10, logging_steps=1))
-        return build_stage(tiny_model, world / "train.jsonl", tmp_path / generation_mode, cfg).trainer
+        return build_stage(tiny_model, world / "train.jsonl", tmp_path / generation_mode, cfg)
 
-    fast, plain = stage(mode), stage("generate")
+    built = stage(mode)
+    fast, plain = built.trainer, stage("generate").trainer
+    assert built.generation_mode == mode
     assert (fast.args.cache_implementation, plain.args.cache_implementation) == ("static", None)
     config = fast.generation_config
     assert config.cache_implementation == "static" and config.disable_compile is (mode == "static")
     assert (config.compile_config is not None) is (mode == "compile")
+    # One cache length for the stage (its longest prompt and a full completion): one set of shapes to compile.
+    assert config.max_cache_len == built.longest_prompt + 12
     assert _rollouts(fast) == _rollouts(plain)
     assert (getattr(fast.model, "_compiled_call", None) is not None) is (mode == "compile")
     fast.train()
