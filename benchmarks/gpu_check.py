@@ -158,10 +158,26 @@ def _language_model_bytes(model) -> tuple[int, int]:
     return weights, 2 * text.num_hidden_layers * text.num_key_value_heads * head_dim * element
 
 
-def score_phase(model_dir: Path, mode: str, requests: list, cfg, args, texts: dict) -> dict:
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _timed(engine, requests, cfg) -> tuple[list, float]:
+    _sync()
+    t = time.monotonic()
+    results = engine.generate(requests, cfg)
+    _sync()
+    return results, time.monotonic() - t
+
+
+def score_phase(model_dir: Path, mode: str, requests: list, cfg, args, texts: dict, engines: dict) -> dict:
     """Load the hf engine in `mode`, generate every rollout (twice for a compiled mode: the first call compiles),
     and measure. `texts` maps a mode to its rollouts' texts by (sample, seed): this mode's are added, and
-    compared with plain generate's when those are there."""
+    compared with plain generate's when those are there. With ``--repeats`` over 1 the engine is kept in
+    `engines` for the interleaved phase."""
     import torch
 
     from generation import EngineOptions, load_engine
@@ -172,22 +188,13 @@ def score_phase(model_dir: Path, mode: str, requests: list, cfg, args, texts: di
     engine = load_engine("hf", str(model_dir), EngineOptions(batch_size=args.batch_size, dtype=dtype, hf_mode=mode), cfg)
     out: dict = {"mode": engine.mode, "load_s": time.monotonic() - t0, "dtype": dtype,
                  "attention": engine.model.config._attn_implementation}
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
-
-    def timed():
-        sync()
-        t = time.monotonic()
-        result = engine.generate(requests, cfg)
-        sync()
-        return result, time.monotonic() - t
-
     if mode == "compile":
-        _, out["first_call_s"] = timed()  # compilation (and CUDA graph capture) included
+        _, out["first_call_s"] = _timed(engine, requests, cfg)  # compilation (and CUDA graph capture) included
     else:
         from dataclasses import replace
 
         engine.generate(requests[:1], replace(cfg, max_new_tokens=4))  # kernels loaded, caches warmed
-    results, seconds = timed()
+    results, seconds = _timed(engine, requests, cfg)
     rollouts = sum(len(r) for r in results)
     tokens = sum(c.n_tokens for r in results for c in r)
     texts[mode] = {(req.key, seed): c.text for req, comps in zip(requests, results) for seed, c in zip(req.seeds, comps)}
@@ -205,7 +212,28 @@ def score_phase(model_dir: Path, mode: str, requests: list, cfg, args, texts: di
     reference = texts.get("generate")
     if reference and mode != "generate":
         out["identical_to_generate"] = sum(texts[mode].get(k) == v for k, v in reference.items()) / len(reference)
+    if args.repeats > 1:
+        engines[mode] = engine
     return out
+
+
+def interleaved_phase(engines: dict, requests: list, cfg, repeats: int) -> dict:
+    """The kept engines take turns, `repeats` rounds of one scoring call each, so that a machine whose speed
+    drifts (a shared CPU) slows every mode alike; per mode the median call and its rates."""
+    seconds: dict[str, list[float]] = {mode: [] for mode in engines}
+    counts = {}
+    for _ in range(repeats):
+        for mode, engine in engines.items():
+            results, t = _timed(engine, requests, cfg)
+            seconds[mode].append(t)
+            counts[mode] = (sum(len(r) for r in results), sum(c.n_tokens for r in results for c in r))
+    out = {}
+    for mode, ts in seconds.items():
+        median = sorted(ts)[len(ts) // 2]
+        out[mode] = {"seconds_each": ts, "median_s": median, "rollouts_per_s": counts[mode][0] / median,
+                     "tokens_per_s": counts[mode][1] / median}
+    engines.clear()
+    return {"repeats": repeats, "modes": out}
 
 
 def grpo_phase(model_dir: Path, world: Path, work: Path, mode: str, args) -> dict:
@@ -252,7 +280,11 @@ def summary(phases: dict, fast: str) -> dict:
     p = phases.get("scoring_generate", {})
     gf = phases.get(f"grpo_{fast}", {})
     gp = phases.get("grpo_generate", {})
-    return {"fast_mode": fast,
+    turns = phases.get("scoring_interleaved", {}).get("modes", {})
+    interleaved = {mode: r["tokens_per_s"] for mode, r in turns.items()}
+    if interleaved:
+        interleaved["speedup"] = _ratio(interleaved.get(fast), interleaved.get("generate"))
+    return {"fast_mode": fast, "scoring_interleaved_tokens_per_s": interleaved or None,
             "scoring_tokens_per_s": {"generate": p.get("tokens_per_s"), fast: s.get("tokens_per_s"),
                                      "speedup": _ratio(s.get("tokens_per_s"), p.get("tokens_per_s"))},
             "scoring_bound_share": {"generate": p.get("bound_share"), fast: s.get("bound_share")},
@@ -265,6 +297,10 @@ def _table(phases: dict) -> str:
     lines = [f"{'phase':<18} {'tokens/s':>10} {'rollouts/s':>11} {'bound':>7} {'same':>6} {'s/step':>8} {'peak GiB':>9} "
              f"{'wall s':>7}"]
     for name, r in phases.items():
+        if "modes" in r:
+            lines += [f"{'  in turns: ' + mode:<18} {m['tokens_per_s']:>10,.0f} {m['rollouts_per_s']:>11.1f}"
+                      for mode, m in r["modes"].items()]
+            continue
         if "skipped" in r or "error" in r:
             lines.append(f"{name:<18} {r.get('skipped') or r.get('error', '')[:60]}")
             continue
@@ -289,7 +325,11 @@ def main(argv: list[str] | None = None) -> dict:
                    help="the fast path to compare (default: compile; static with --smoke, where compiling takes minutes)")
     p.add_argument("--samples", type=int, default=None, help="questions scored, 8 rollouts each (default 32; 3 with --smoke)")
     p.add_argument("--batch-size", type=int, default=256, help="hf engine sequences per forward pass")
+    p.add_argument("--image-size", type=int, default=None, help="shapes-world image edge (default 448: 256 image "
+                   "tokens a question; 112 with --smoke)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="default 256; 8 with --smoke")
+    p.add_argument("--repeats", type=int, default=1, help="over 1: after the scoring phases, this many rounds in "
+                   "which every mode scores once, in turns (for machines whose speed drifts)")
     p.add_argument("--steps", type=int, default=2, help="GRPO optimizer steps per mode (the first includes compiling)")
     p.add_argument("--time-limit-s", type=float, default=400, help="phases that would start later are skipped")
     p.add_argument("--bandwidth-tbps", type=float, default=None, help="memory bandwidth (default: by device name)")
@@ -308,6 +348,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.fast_mode = args.fast_mode or ("static" if smoke else "compile")
     args.samples = args.samples or (3 if smoke else 32)
     args.max_new_tokens = args.max_new_tokens or (8 if smoke else 256)
+    args.image_size = args.image_size or (112 if smoke else 448)
     args.image_pixels = 112 * 112 if smoke else 802_816
     args.device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     also_static = args.also_static if args.also_static is not None else (
@@ -323,13 +364,14 @@ def main(argv: list[str] | None = None) -> dict:
         "versions": {"torch": torch.__version__, "cuda": torch.version.cuda, "transformers": transformers.__version__,
                      "trl": trl.__version__},
         "settings": {"samples": args.samples, "rollouts_per_sample": 8, "batch_size": args.batch_size,
-                     "max_new_tokens": args.max_new_tokens, "grpo_steps": args.steps, "image_pixels": args.image_pixels}})
+                     "max_new_tokens": args.max_new_tokens, "repeats": args.repeats, "grpo_steps": args.steps, "image_size": args.image_size,
+                     "image_pixels": args.image_pixels}})
     try:
         world = work / "world"
         model_dir = work / "model"
 
         def build() -> dict:
-            image = 112 if smoke else 448
+            image = args.image_size
             generate_world(world, n=max(args.samples, 16 if smoke else 64), seed=0, test_fraction=0.0, image_size=image)
             rows = [json.loads(line) for line in open(world / "train.jsonl")]
             build_model(model_dir, args.shape, [r["problem"] + " " + r["response"] for r in rows], args.image_pixels)
@@ -345,12 +387,17 @@ def main(argv: list[str] | None = None) -> dict:
                             images=[Image.open(world / r["images"][0]).convert("RGB")], rollout_idx=list(range(8)),
                             seeds=[rollout_seed(1, r["qid"], j) for j in range(8)]) for r in rows]
         texts: dict = {}
-        check.run("scoring_generate", lambda: score_phase(model_dir, "generate", requests, cfg, args, texts))
-        check.run(f"scoring_{args.fast_mode}", lambda: score_phase(model_dir, args.fast_mode, requests, cfg, args, texts))
+        engines: dict = {}
+        scoring = ["generate", args.fast_mode] + (["static"] if also_static and args.fast_mode != "static" else [])
+        late = scoring[2:] if args.repeats == 1 else []  # the static cache alone is the least needed figure: last
+        for mode in scoring[: len(scoring) - len(late)]:
+            check.run(f"scoring_{mode}", lambda: score_phase(model_dir, mode, requests, cfg, args, texts, engines))
+        if args.repeats > 1:
+            check.run("scoring_interleaved", lambda: interleaved_phase(engines, requests, cfg, args.repeats))
         check.run("grpo_generate", lambda: grpo_phase(model_dir, world, work, "generate", args))
         check.run(f"grpo_{args.fast_mode}", lambda: grpo_phase(model_dir, world, work, args.fast_mode, args))
-        if also_static and args.fast_mode != "static":
-            check.run("scoring_static", lambda: score_phase(model_dir, "static", requests, cfg, args, texts))
+        for mode in late:
+            check.run(f"scoring_{mode}", lambda: score_phase(model_dir, mode, requests, cfg, args, texts, engines))
         check.results["summary"] = summary(check.results["phases"], args.fast_mode)
         check.save("summary")
         print(_table(check.results["phases"]), flush=True)

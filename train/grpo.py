@@ -183,6 +183,23 @@ def epsilon_rescale(rewards_per_func, weights, num_generations: int, scale_rewar
     return (std + TRL_ADVANTAGE_EPSILON) / (std + epsilon)
 
 
+def _drop_input_grad_hooks_on_disable(model) -> None:
+    """Make `gradient_checkpointing_disable` also remove the embedding hook that enabling it adds.
+
+    TRL turns gradient checkpointing off for every generation round and on again after it; transformers
+    adds an input-grad hook to the embeddings at each enabling and removes it on disabling only for PEFT
+    models, so the hooks pile up, one a round. A compiled decode step guards on that hook count and would be
+    compiled again every round; with the hook removed, every round generates with none.
+    """
+    disable = model.gradient_checkpointing_disable
+
+    def disable_and_drop_hook(*args, **kwargs):
+        disable(*args, **kwargs)
+        model.disable_input_require_grads()
+
+    model.gradient_checkpointing_disable = disable_and_drop_hook
+
+
 @functools.cache
 def trainer_class():
     """TRL's GRPOTrainer with the stage's advantage epsilon (built on first use: TRL is a heavy import)."""
@@ -197,7 +214,7 @@ def trainer_class():
             super().__init__(*args, **kwargs)
             self.advantage_epsilon = advantage_epsilon
             self._rewards_per_func = None
-            if not self.use_vllm and generation_mode != "generate":
+            if generation_mode in ("static", "compile"):
                 from generation.hf import mode_generation_kwargs
 
                 # TRL builds its rollout config with disable_compile=True; the mode decides instead.
@@ -205,6 +222,8 @@ def trainer_class():
                     setattr(self.generation_config, key, value)
                 # One cache length for every generation batch of the stage: one set of shapes to compile.
                 self.generation_config.max_cache_len = rollout_cache_len
+            if generation_mode == "compile":
+                _drop_input_grad_hooks_on_disable(self.model)
 
         def _calculate_rewards(self, *args, **kwargs):
             # The gathered rewards TRL normalises next; kept to redo its std.
@@ -285,7 +304,8 @@ class Stage:
     longest_prompt: int = 0
     """Tokens of the longest prompt kept (chat template and image tokens included)."""
     generation_mode: str = "generate"
-    """How the rollouts run `generate` (`GRPOStageConfig.generation_mode`, ``auto`` resolved for the device)."""
+    """How the rollouts are generated: `GRPOStageConfig.generation_mode` with ``auto`` resolved for the device,
+    or ``vllm`` with `use_vllm`."""
 
 
 def build_stage(model_dir: Path, data: Path, out: Path, cfg: GRPOStageConfig, image_root: Path | None = None,
@@ -304,6 +324,8 @@ def build_stage(model_dir: Path, data: Path, out: Path, cfg: GRPOStageConfig, im
         raise PebrError(f"GRPO stage must be one of {', '.join(GRPO_STAGES)}, not {cfg.stage!r}")
     set_seed(cfg.seed)
     generation_mode = resolve_hf_mode(cfg.generation_mode, "cuda" if cuda_available() else "cpu")
+    if cfg.use_vllm:
+        generation_mode = "vllm"  # vLLM pages its own cache; the transformers modes do not apply
     dataset, report = load_rl(data, image_root, format_prompt_text(cfg.format_prompt))
     model, processor = load_vlm(model_dir, cfg.min_pixels, cfg.max_pixels, train=True)
     if cfg.freeze_vision:
@@ -326,7 +348,7 @@ def build_stage(model_dir: Path, data: Path, out: Path, cfg: GRPOStageConfig, im
         vllm_importance_sampling_correction=cfg.vllm_importance_sampling_correction,
         # Rollouts follow the token rules scoring follows (generation.tokens).
         generation_kwargs={"suppress_tokens": banned_token_ids(processor, model.config)},
-        cache_implementation=None if generation_mode == "generate" else "static",
+        cache_implementation="static" if generation_mode in ("static", "compile") else None,
         bf16=use_bf16(cfg.bf16),
         # The frozen KL reference needs no fp32 master copy: bf16 halves its memory.
         model_init_kwargs={"dtype": "bfloat16"} if use_bf16(cfg.bf16) else None,

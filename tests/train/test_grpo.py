@@ -221,6 +221,26 @@ def test_the_generation_mode_reaches_trl_and_keeps_the_rollouts(tmp_path, tiny_m
     assert fast.state.global_step == 1 and "loss" in fast.state.log_history[0]
 
 
+def test_compiled_rollouts_see_the_same_embedding_hooks_every_round(tmp_path, tiny_model):
+    """TRL toggles gradient checkpointing around each generation round, and each enabling adds an input-grad hook
+    to the embeddings; in compile mode the trainer removes it again on disabling, so the compiled decode step
+    (which guards on the hooks) is not compiled anew every round."""
+    from train.common import load_vlm
+    from train.grpo import _drop_input_grad_hooks_on_disable
+
+    model, _ = load_vlm(tiny_model, 3136, 12544, train=True)
+    model.gradient_checkpointing_enable()
+    embed = model.get_input_embeddings()
+    before = len(embed._forward_hooks)
+    _drop_input_grad_hooks_on_disable(model)
+    seen = []
+    for _ in range(3):  # what TRL's unwrap_model_for_generation does each round
+        model.gradient_checkpointing_disable()
+        seen.append(len(embed._forward_hooks))
+        model.gradient_checkpointing_enable()
+    assert seen == [before - 1] * 3 and len(embed._forward_hooks) == before and model.is_gradient_checkpointing
+
+
 def test_an_unknown_generation_mode_is_one_clear_error(tmp_path, tiny_model, world):
     cfg = stage_config("reasoning", overrides=dict(generation_mode="paged"))
     with pytest.raises(PebrError, match="token ids only"):
