@@ -108,8 +108,8 @@ HF_MODES = ("generate", "static", "compile")
 """Ways the hf engine, and GRPO's transformers rollouts, run `generate` (`EngineOptions.hf_mode`)."""
 
 AUTO_HF_MODE = {"cpu": "generate", "cuda": "generate"}
-"""What ``auto`` means per device type. ``generate`` everywhere until a GPU run of benchmarks/gpu_check.py shows
-another mode faster there (BENCHMARKS.md); on a CPU compiling costs more than it saves."""
+"""What ``auto`` means per device type: ``generate``, measured fastest on a CPU (BENCHMARKS.md), and on GPUs
+until a run of benchmarks/gpu_check.py shows another mode faster there."""
 
 
 def resolve_hf_mode(mode: str, device_type: str) -> str:

@@ -8,10 +8,13 @@ the batch size or composition (up to the float noise that left padding adds to t
 
 Speed (`EngineOptions.hf_mode`). Plain ``generate`` grows its KV cache by one token a step and runs the
 decode step op by op, so on a GPU a step costs far more than reading the weights once. ``static``
-allocates the cache once per batch (transformers' StaticCache, sized to the longest prompt plus
-max_new_tokens); ``compile`` also compiles the decode step with torch.compile (CUDA graphs on GPUs),
-which transformers does for a static cache. Both keep this module's sampler, so a rollout's tokens
-stay those of its seed: only the cache layout and the kernels change, never the draws.
+allocates the cache once per batch (transformers' StaticCache, sized to the batch's prompt width plus
+max_new_tokens, rounded up); ``compile`` also compiles the decode step with torch.compile (CUDA graphs
+on GPUs), as transformers does for a static cache on GPUs. Both keep this module's sampler, so a
+rollout's tokens stay those of its seed: only the cache layout and the kernels change, never the
+draws (on a CPU the tokens are identical in all three modes, whatever the batching; a GPU run of
+benchmarks/gpu_check.py counts them there). Which mode is fastest is a measurement: on a CPU plain
+``generate`` is (BENCHMARKS.md), so ``auto`` picks it; on GPUs ``auto`` stays on it until measured.
 
 Why not transformers' continuous batching (``generate_batch``, ``ContinuousBatchingManager``, paged
 attention)? In transformers 5.24 a request is a list of token ids and the batch's forward gets only

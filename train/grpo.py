@@ -207,7 +207,8 @@ def trainer_class():
     from trl import GRPOTrainer
 
     class PebrGRPOTrainer(GRPOTrainer):
-        """GRPOTrainer whose advantages divide by (std + advantage_epsilon) instead of TRL's (std + 1e-4)."""
+        """GRPOTrainer whose advantages divide by (std + advantage_epsilon) instead of TRL's (std + 1e-4), and
+        whose transformers rollouts run in the stage's generation mode."""
 
         def __init__(self, *args, advantage_epsilon: float = TRL_ADVANTAGE_EPSILON, generation_mode: str = "generate",
                      rollout_cache_len: int | None = None, **kwargs):
