@@ -258,6 +258,11 @@ def score(
     adaptive: Annotated[Optional[bool], _opt("Stop a sample once it has a correct and an incorrect rollout.", False)] = None,
     round_size: Annotated[Optional[int], _opt("Adaptive: rollouts per sample per round.", default(ScoreOptions, "round_size"))] = None,
     batch_size: Annotated[Optional[int], _opt("hf: sequences per forward pass.", _E.batch_size)] = None,
+    hf_mode: Annotated[Optional[str], _opt("hf: generate (growing KV cache) | static (cache allocated once) | compile "
+                                           "(static cache, decode step compiled; for GPUs) | auto. Same tokens for the "
+                                           "same seeds in every mode.", _E.hf_mode)] = None,
+    attn_implementation: Annotated[Optional[str], _opt("hf: attention kernel (sdpa, flash_attention_2, eager).",
+                                                       "transformers' choice")] = None,
     chunk: Annotated[Optional[int], _opt("Samples per generate call and written part.", CHUNK)] = None,
     tensor_parallel_size: Annotated[Optional[int], _opt("vllm: GPUs per model replica.", _E.tensor_parallel_size)] = None,
     gpu_memory_utilization: Annotated[Optional[float], _opt("vllm: fraction of GPU memory to use.", _E.gpu_memory_utilization)] = None,
@@ -295,7 +300,8 @@ def score(
 
     values = _settings(recipe, "score", dict(
         engine=engine, n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
-        sources=source, adaptive=adaptive, round_size=round_size, batch_size=batch_size, chunk=chunk,
+        sources=source, adaptive=adaptive, round_size=round_size, batch_size=batch_size, hf_mode=hf_mode,
+        attn_implementation=attn_implementation, chunk=chunk,
         tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
         max_model_len=max_model_len, dtype=dtype, min_pixels=min_pixels, max_pixels=max_pixels,
         format_prompt=format_prompt, limit=limit, run=run, new_run=new_run or None, ray=ray, replicas=replicas,

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from schemas.errors import PebrError
+
 
 @dataclass
 class SamplingConfig:
@@ -78,6 +80,15 @@ class EngineOptions:
     """vllm: context length (default: the model's)."""
     batch_size: int = 64
     """Sequences per forward pass (hf engine)."""
+    hf_mode: str = "auto"
+    """hf: how `generate` keeps its KV cache. ``generate``: a cache that grows by one token a step (transformers'
+    default); ``static``: one cache allocated per batch at its final length, nothing re-allocated while decoding;
+    ``compile``: the static cache with the decode step compiled by torch.compile (CUDA graphs on GPUs; a first
+    batch of each size pays the compilation); ``auto``: ``AUTO_HF_MODE`` for the device. All give the same
+    tokens for the same seeds (see `generation.hf`)."""
+    attn_implementation: str | None = None
+    """hf: the attention kernel (``sdpa``, ``flash_attention_2``, ``eager``, ...); None: transformers' choice
+    (``sdpa``, which the ``compile`` mode needs to capture the decode step whole)."""
     extra: dict = field(default_factory=dict)
     """Anything else: model_id, device (hf), max_images and llm_kwargs (vllm)."""
 
@@ -120,3 +131,30 @@ def rollout_seed(run_seed: int, sample_id: str, rollout_idx: int) -> int:
 
     digest = hashlib.blake2b(f"{run_seed}:{sample_id}:{rollout_idx}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+HF_MODES = ("generate", "static", "compile")
+"""Ways the hf engine, and GRPO's transformers rollouts, run `generate` (`EngineOptions.hf_mode`)."""
+
+AUTO_HF_MODE = {"cpu": "generate", "cuda": "generate"}
+"""What ``auto`` means per device type: ``generate``, measured fastest on a CPU (BENCHMARKS.md), and on GPUs
+until a run of benchmarks/gpu_check.py shows another mode faster there."""
+
+
+def resolve_hf_mode(mode: str, device_type: str) -> str:
+    """The mode to run: ``mode`` itself, or for ``auto`` the device's entry of AUTO_HF_MODE.
+
+    >>> resolve_hf_mode("auto", "cpu"), resolve_hf_mode("compile", "cpu")
+    ('generate', 'compile')
+    >>> resolve_hf_mode("paged", "cuda")
+    Traceback (most recent call last):
+    ...
+    schemas.errors.PebrError: hf mode 'paged': transformers' continuous batching takes token ids only, no images (the vllm engine pages its cache); choose one of auto, generate, static, compile
+    """
+    if mode == "auto":
+        return AUTO_HF_MODE.get(device_type, "generate")
+    if mode in HF_MODES:
+        return mode
+    why = ("transformers' continuous batching takes token ids only, no images (the vllm engine pages its cache); "
+           if mode == "paged" else "")
+    raise PebrError(f"hf mode {mode!r}: {why}choose one of auto, {', '.join(HF_MODES)}")

@@ -5,6 +5,25 @@ rows it happened to share a batch with. Here a logits processor draws each row's
 row's own stream of uniforms (seeded by the rollout seed) and forces it; generation itself runs
 greedy over the forced logits. A rollout's text is then a function of its prompt and seed, whatever
 the batch size or composition (up to the float noise that left padding adds to the logits).
+
+Speed (`EngineOptions.hf_mode`). Plain ``generate`` grows its KV cache by one token a step and runs the
+decode step op by op, so on a GPU a step costs far more than reading the weights once. ``static``
+allocates the cache once per batch (transformers' StaticCache, sized to the batch's prompt width plus
+max_new_tokens, rounded up); ``compile`` also compiles the decode step with torch.compile (CUDA graphs
+on GPUs), as transformers does for a static cache on GPUs. Both keep this module's sampler, so a
+rollout's tokens stay those of its seed: only the cache layout and the kernels change, never the
+draws (on a CPU the tokens are identical in all three modes, whatever the batching; a GPU run of
+benchmarks/gpu_check.py counts them there). Which mode is fastest is a measurement: on a CPU plain
+``generate`` is (BENCHMARKS.md), so ``auto`` picks it; on GPUs ``auto`` stays on it until measured.
+
+Why not transformers' continuous batching (``generate_batch``, ``ContinuousBatchingManager``, paged
+attention)? In transformers 5.24 a request is a list of token ids and the batch's forward gets only
+``input_ids`` and one-dimensional ``position_ids``: no ``pixel_values`` or ``image_grid_thw``, and no
+multimodal (3-D) rotary positions, so it cannot answer a question about an image (TRL refuses it for
+multimodal models for the same reason). Its sampling is one ``torch.multinomial`` over the batch,
+and its per-request logits processors see a request's sampling parameters but not the request, so a
+rollout's draw would depend on its batch. The static cache with compile is therefore the fast path
+for VLMs here; the vllm engine is the paged one.
 """
 
 from __future__ import annotations
@@ -15,11 +34,18 @@ import torch
 from transformers import (
     AutoModelForImageTextToText,
     AutoProcessor,
+    CompileConfig,
     GenerationConfig,
     LogitsProcessor,
 )
 
-from generation.base import Completion, EngineOptions, Request, SamplingConfig
+from generation.base import (
+    Completion,
+    EngineOptions,
+    Request,
+    SamplingConfig,
+    resolve_hf_mode,
+)
 from generation.tokens import banned_token_ids, chat_prompt, image_size, stop_token_ids
 
 
@@ -91,6 +117,45 @@ def _torch_dtype(name: str):
     return getattr(torch, name)
 
 
+CACHE_LEN_STEP = 256
+"""A static cache's length is rounded up to a multiple of this many tokens, so that batches whose prompt
+widths are close share one cache shape (and one compiled decode step) at the price of a little more
+attention per step. transformers keeps the longest length it has seen, so the shapes settle early."""
+
+
+def static_cache_len(prompt_width: int, max_new_tokens: int, step: int = CACHE_LEN_STEP) -> int:
+    """The static cache length for a batch: prompt plus response, rounded up to ``step``.
+
+    >>> static_cache_len(300, 256), static_cache_len(0, 256), static_cache_len(257, 255)
+    (768, 256, 512)
+    """
+    return -(-(prompt_width + max_new_tokens) // step) * step
+
+
+def mode_generation_kwargs(mode: str, device_type: str) -> dict:
+    """GenerationConfig settings for an hf mode (one of generation.base.HF_MODES) on a device type.
+
+    ``static`` forbids compiling, since transformers compiles a static cache's decode step on GPUs by itself;
+    ``compile`` asks for it on any device (transformers' defaults, CUDA graphs included, on GPUs; plain
+    inductor elsewhere, where transformers would not compile unasked).
+
+    >>> mode_generation_kwargs("generate", "cuda")
+    {}
+    >>> mode_generation_kwargs("static", "cuda")
+    {'cache_implementation': 'static', 'disable_compile': True}
+    >>> mode_generation_kwargs("compile", "cpu")["compile_config"].mode
+    'default'
+    """
+    if mode == "generate":
+        return {}
+    if mode == "static":
+        return {"cache_implementation": "static", "disable_compile": True}
+    config = CompileConfig() if device_type == "cuda" else CompileConfig(mode="default")
+    if device_type != "cuda":
+        config._compile_all_devices = True  # transformers' own switch for compiling off GPUs
+    return {"cache_implementation": "static", "compile_config": config, "disable_compile": False}
+
+
 class HFEngine:
     """Batched generation with transformers for any image-text-to-text model directory."""
 
@@ -100,10 +165,12 @@ class HFEngine:
         self.model_id = str(options.extra.get("model_id", model_dir))
         self.batch_size = max(1, int(options.batch_size))
         self.device = torch.device(options.extra.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.mode = resolve_hf_mode(options.hf_mode, self.device.type)
         self.processor = AutoProcessor.from_pretrained(model_dir, size=image_size(cfg.min_pixels, cfg.max_pixels))
         self.tokenizer = self.processor.tokenizer
         self.tokenizer.padding_side = "left"
-        self.model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=_torch_dtype(options.dtype))
+        attention = {"attn_implementation": options.attn_implementation} if options.attn_implementation else {}
+        self.model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=_torch_dtype(options.dtype), **attention)
         self.model.to(self.device).eval()
         self.stop_ids = stop_token_ids(self.tokenizer, self.model.generation_config)
         self.banned_ids = banned_token_ids(self.tokenizer, self.model.config)
@@ -111,7 +178,8 @@ class HFEngine:
         self.pad_id = int(pad if pad is not None else self.stop_ids[0])
         # The checkpoint's own sampling defaults (repetition penalty, top_k, ...) must not leak in:
         # both engines sample with exactly the SamplingConfig.
-        self.model.generation_config = GenerationConfig(eos_token_id=self.stop_ids, pad_token_id=self.pad_id)
+        self.model.generation_config = GenerationConfig(eos_token_id=self.stop_ids, pad_token_id=self.pad_id,
+                                                        **mode_generation_kwargs(self.mode, self.device.type))
 
     def generate(self, requests: list[Request], cfg: SamplingConfig) -> list[list[Completion]]:
         """One completion per seed of every request; rollouts of many prompts share each forward pass."""
@@ -145,12 +213,14 @@ class HFEngine:
             top_p=cfg.top_p,
             banned=self.banned_ids,
         )
+        static = {} if self.mode == "generate" else {"max_cache_len": static_cache_len(width, cfg.max_new_tokens)}
         generated = self.model.generate(
             **inputs,
             max_new_tokens=cfg.max_new_tokens,
             do_sample=False,
             num_beams=1,
             logits_processor=[sampler],
+            **static,
         )[:, width:].tolist()
         return [self._completion(ids) for ids in generated]
 

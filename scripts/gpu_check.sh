@@ -1,29 +1,25 @@
 #!/usr/bin/env bash
 # Run benchmarks/gpu_check.py on a lent GPU machine (no network), from the repo root:
 #
-#     bash scripts/gpu_check.sh [extra gpu_check.py args, e.g. --samples 32 --steps 2]
+#     bash scripts/gpu_check.sh [extra gpu_check.py args, e.g. --samples 16 --steps 3]
 #
-# Needs the wheels in .whl/ (carried: trl, datasets, dill, multiprocess, mathruler, pylatexenc); everything
-# else (torch, transformers, tokenizers, accelerate, huggingface_hub, pyarrow, ...) is the machine's own.
+# Needs the wheels in .whl/ (carried: transformers and the three it needs at its version, trl, datasets, dill,
+# multiprocess, mathruler, pylatexenc); everything else (torch, accelerate, pyarrow, ...) is the machine's own.
+# transformers travels because the fast path uses 5.24's static-cache API (max_cache_len, CompileConfig).
 # Fetch them where pip works, for the target's Python (3.12 on the machines this was run on):
 #     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl \
+#         transformers==5.24.0 tokenizers==0.23.3 safetensors==0.8.0 huggingface_hub==2.4.0 \
 #         trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 mathruler==0.1.0 pylatexenc==2.11
-# The big outputs (two 3B checkpoints, ~7 GB each) stay in $WORK on the machine's disk; only the log and
-# the small JSON results are copied to $OUT, so they come back.
+# The big files (the 3B model, ~7 GB) stay in $WORK on the machine's disk; the figures (gpu_check.json,
+# rewritten after every phase) and the log go to $OUT, so they come back.
 set -uo pipefail
 
 OUT=${OUT:-/tmp/gpu_out}
 WORK=${WORK:-/tmp/gpu}
-LIMIT=${GPU_CHECK_LIMIT_S:-450}   # gpu_check.py is stopped after this many seconds (results.json is per phase)
+LIMIT=${GPU_CHECK_LIMIT_S:-450}   # gpu_check.py is stopped after this many seconds (its JSON is per phase)
 mkdir -p "$OUT"
 rm -rf "$WORK"
-
-collect() {
-    cp -f "$WORK/results.json" "$OUT/results.json" 2>/dev/null || true
-    cp -f "$WORK/grpo/pebr_run.json" "$OUT/grpo_run.json" 2>/dev/null || true
-    cp -f "$WORK/grpo/signal.json" "$OUT/grpo_signal.json" 2>/dev/null || true
-}
 
 main() {
 t0=$(date +%s)
@@ -53,7 +49,8 @@ for n in ("accelerate", "huggingface_hub", "tokenizers", "safetensors", "numpy",
         print(f"  {n} MISSING")
 # Every non-extra requirement of the carried wheels, against what this machine has.
 bad = 0
-for dist in ("trl", "datasets", "dill", "multiprocess", "mathruler", "pylatexenc"):
+for dist in ("transformers", "tokenizers", "safetensors", "huggingface_hub", "trl", "datasets", "dill", "multiprocess",
+             "mathruler", "pylatexenc"):
     for r in md.requires(dist) or []:
         req = Requirement(r)
         if req.marker is not None and not req.marker.evaluate({"extra": ""}):
@@ -78,7 +75,7 @@ echo "setup took $(( $(date +%s) - t0 )) s"
 echo "== gpu_check (limit ${LIMIT}s): $*"
 rc=0
 timeout --signal=TERM --kill-after=20 "$LIMIT" \
-    python3 benchmarks/gpu_check.py --out "$WORK" --shape 3b "$@" || rc=$?
+    python3 benchmarks/gpu_check.py --work "$WORK" --json "$OUT/gpu_check.json" "$@" || rc=$?
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv || true
 echo "gpu_check exit $rc; total $(( $(date +%s) - t0 )) s"
 return $rc
@@ -86,5 +83,4 @@ return $rc
 
 rc=0
 main "$@" 2>&1 | tee "$OUT/gpu_log.txt" || rc=$?
-collect
 exit $rc

@@ -129,6 +129,12 @@ class GRPOStageConfig:
     """``colocate`` (same GPUs) or ``server`` (a `trl vllm-serve` process)."""
     vllm_gpu_memory_utilization: float = 0.3
     """Share of GPU memory vLLM may take when colocated."""
+    generation_mode: str = "auto"
+    """How TRL's transformers rollouts (without vLLM) run `generate`, as the hf engine's `hf_mode`: ``generate`` (a
+    growing KV cache, TRL's default), ``static`` (TRL's ``cache_implementation="static"``), ``compile`` (the static
+    cache with the decode step compiled, which TRL turns off and the stage's trainer turns back on) or ``auto``
+    (`generation.base.AUTO_HF_MODE`: ``generate`` until a GPU run shows another mode faster). The sampling is
+    TRL's either way; only the cache layout and the kernels change."""
     bf16: bool | None = None
     """Use bfloat16; None means: when a GPU supports it."""
     gradient_checkpointing: bool = False
@@ -169,6 +175,9 @@ class EvalConfig:
     """Largest image area the processor resizes to (scoring's bound)."""
     dtype: str = "auto"
     """Model dtype: auto (the checkpoint's), bfloat16 or float32."""
+    hf_mode: str = "auto"
+    """The hf engine's ``generate`` / ``static`` / ``compile`` / ``auto`` (`generation.base.EngineOptions.hf_mode`):
+    the same answers in every mode, at different speeds."""
     format_prompt: str | None = None
     """A format prompt file (Jinja over ``content``) for the questions (default: the data's own, else
     the toolkit's instruction); use the one the model was trained and scored with."""

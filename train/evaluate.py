@@ -45,7 +45,8 @@ def evaluate(model_dir: Path, data: Path, cfg: EvalConfig, image_root: Path | No
     if cfg.limit:
         ds = ds.select(range(min(cfg.limit, len(ds))))
     sampling = cfg.sampling()
-    engine = engine or load_engine("hf", str(model_dir), EngineOptions(batch_size=cfg.batch_size, dtype=cfg.dtype), sampling)
+    engine = engine or load_engine("hf", str(model_dir), EngineOptions(batch_size=cfg.batch_size, dtype=cfg.dtype,
+                                                                     hf_mode=cfg.hf_mode), sampling)
     rows = list(ds)  # iterating decodes the Image feature to PIL images
     if progress:
         progress(0, len(rows))

