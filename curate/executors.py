@@ -109,6 +109,8 @@ class ReplicaStats:
 class Executor(Protocol):
     name: str
     stats: list[ReplicaStats]
+    startup_s: float
+    """Seconds spent starting: loading the engine here, or reaching Ray and loading every replica's."""
 
     def run(self, spec: EngineSpec, chunks: Iterable[Chunk]) -> Iterator[tuple[Chunk, list[list[Completion]]]]:
         """Generate every chunk; yield each with its completions when done (in any order). A chunk is
@@ -133,11 +135,14 @@ class LocalExecutor:
     def __init__(self, engine: Any = None):
         self.engine = engine
         self.stats = [ReplicaStats(replica=0, node=_host())]
+        self.startup_s = 0.0
 
     def run(self, spec: EngineSpec, chunks: Iterable[Chunk]) -> Iterator[tuple[Chunk, list[list[Completion]]]]:
         for chunk in chunks:
             if self.engine is None:
+                started = time.perf_counter()
                 self.engine = spec.load()
+                self.startup_s = time.perf_counter() - started
             started = time.perf_counter()
             outputs = self.engine.generate(decoded(chunk), spec.sampling)
             self.stats[0].add(chunk, outputs, {"pid": os.getpid(), "seconds": time.perf_counter() - started})
@@ -190,11 +195,13 @@ class RayExecutor:
         """The actor handles, once started."""
         self._groups: list[Any] = []
         self._own_ray = False
+        self.startup_s = 0.0
 
     # -- start and stop -------------------------------------------------------------------
     def _start(self, spec: EngineSpec) -> None:
         if self.replicas:
             return
+        started = time.perf_counter()
         o = self.options
         if o.replicas < 1 or o.cpus_per_replica < 1 or o.in_flight < 1 or o.max_restarts < 0 or o.chunk_retries < 0:
             raise PebrError("--ray: need replicas, cpus per replica and in-flight chunks >= 1, restarts and retries >= 0")
@@ -240,6 +247,7 @@ class RayExecutor:
             except ray.exceptions.RayError as exc:
                 self.close()
                 raise PebrError(f"replica {i} could not load the {spec.engine} engine: {_cause(exc)}") from None
+        self.startup_s = time.perf_counter() - started
 
     def _tensor_parallel_replica(self, ray, actor, spec: EngineSpec, gpus: int, retries: dict):
         """A vLLM replica over `gpus` GPUs of one node: a placement group holds them, and vLLM's Ray

@@ -338,7 +338,8 @@ def _score_rounds(store: Store, opts: ScoreOptions, fp: dict, run_id: str, run_e
             with store.writing(f"curate score {run_id}", wait=STORE_WAIT_S):
                 store.add_run(report.session, "score-session", model=fp["model"], engine=opts.engine, parent_run=run_id,
                               config={"executor": executor.name, "shard": list(opts.shard), "generated": report.generated,
-                                      "seconds": round(seconds, 3), "rollouts_per_s": round(report.generated / seconds, 3),
+                                      "seconds": round(seconds, 3), "startup_s": round(executor.startup_s, 3),
+                                      "rollouts_per_s": round(report.generated / seconds, 3),
                                       "replicas": report.replicas,
                                       "ray": dataclasses.asdict(opts.ray_options) if executor.name == "ray" else None})
 
