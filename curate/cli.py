@@ -270,7 +270,7 @@ def score(
     dtype: Annotated[Optional[str], _opt("Model dtype (auto, bfloat16, float32).", _E.dtype)] = None,
     min_pixels: Annotated[Optional[int], _opt("Smallest image area after resizing.", _S.min_pixels)] = None,
     max_pixels: Annotated[Optional[int], _opt("Largest image area after resizing.", _S.max_pixels)] = None,
-    ray: Annotated[Optional[bool], _opt("Generate on engine replicas in a Ray cluster (pip install 'pebr[ray]'); "
+    ray: Annotated[Optional[bool], _opt("Generate on engine replicas in a Ray cluster (Ray: the `ray` extra of pebr); "
                                         "this process stays the store's only writer.", False)] = None,
     replicas: Annotated[Optional[int], _opt("--ray: engine replicas, one Ray actor each.", _R.replicas)] = None,
     gpus_per_replica: Annotated[Optional[float], _opt("--ray: GPUs per replica (vllm: tensor parallel over them).",

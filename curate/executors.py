@@ -189,6 +189,10 @@ class RayExecutor:
     name = "ray"
 
     def __init__(self, options: RayOptions | None = None):
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:  # before the run is recorded, not at its first chunk
+            raise PebrError("--ray needs Ray: pip install 'pebr[ray]'")
         self.options = options or RayOptions()
         self.stats = [ReplicaStats(replica=i) for i in range(self.options.replicas)]
         self.replicas: list[Any] = []
@@ -205,10 +209,8 @@ class RayExecutor:
         o = self.options
         if o.replicas < 1 or o.cpus_per_replica < 1 or o.in_flight < 1 or o.max_restarts < 0 or o.chunk_retries < 0:
             raise PebrError("--ray: need replicas, cpus per replica and in-flight chunks >= 1, restarts and retries >= 0")
-        try:
-            import ray
-        except ImportError:
-            raise PebrError("--ray needs Ray: pip install 'pebr[ray]'") from None
+        import ray
+
         if not ray.is_initialized():
             import logging
 
