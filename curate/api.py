@@ -179,7 +179,9 @@ class StoreView:
             con = self.store.connect()
             try:
                 counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in (*SCANNED_TABLES, "runs")}
-                latest = con.execute("SELECT run_id FROM runs ORDER BY created_at DESC, run_id DESC LIMIT 1").fetchone()
+                # A scoring session's row records an invocation of its run, not a run of its own.
+                latest = con.execute("SELECT run_id FROM runs WHERE kind <> 'score-session' "
+                                     "ORDER BY created_at DESC, run_id DESC LIMIT 1").fetchone()
             finally:
                 con.close()
         except Exception as exc:  # a repr must not raise: say what went wrong instead

@@ -163,3 +163,13 @@ def test_import_curate_stays_light():
     code = "import sys, curate; assert 'polars' not in sys.modules and 'duckdb' not in sys.modules; print(curate.open_store)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0 and "open_store" in r.stdout, r.stderr
+
+
+def test_repr_names_the_latest_run_not_a_scoring_session(tmp_path):
+    """A `score-session` row records one invocation of a run; the repr's latest run is a run."""
+    store = build_store(tmp_path, SPECS[:2])
+    imported = curate.open_store(store.root).runs()["run_id"][-1]
+    with store.writing("test"):
+        store.add_run("score-session-20991231-000000-abcd", "score-session", parent_run=imported, config={})
+    text = repr(curate.open_store(store.root))
+    assert f"latest_run={imported!r}" in text and "score-session" not in text
