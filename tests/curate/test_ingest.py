@@ -1,36 +1,19 @@
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
-import signal
 from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_image, record, write_jsonl
+from conftest import deadline, make_image, record, write_jsonl
 
 from curate.ingest import REASONS, IngestOptions, _printable, ingest
 from curate.store import Store
 from schemas.errors import PebrError
-
-
-@contextlib.contextmanager
-def deadline(seconds: float):
-    """Fail instead of hanging: a blocking open or read is interrupted after `seconds`."""
-    def expire(signum, frame):
-        raise TimeoutError(f"still running after {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def _counts(store: Store):

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import tracemalloc
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import record, write_jsonl
+from conftest import deadline, record, write_jsonl
 
 from curate.readers import RawRecord, read_records
 from schemas.errors import PebrError
@@ -264,21 +262,6 @@ DEEP = "[" * 200_000 + "]" * 200_000
 HUGE_INT = "9" * 5000
 
 
-@contextlib.contextmanager
-def deadline(seconds: float):
-    """Fail instead of hanging: a blocking open or read is interrupted after `seconds`."""
-    def expire(signum, frame):
-        raise TimeoutError(f"still running after {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-
-
 def test_jsonl_line_nested_too_deep_is_one_bad_json_record(tmp_path):
     path = tmp_path / "d.jsonl"
     deep = '{"qid": "deep", "x": ' + DEEP + "}"
@@ -396,6 +379,15 @@ def test_folder_with_a_fifo_that_is_not_a_saved_dataset(tmp_path):
         read(folder)
 
 
+def _count_with_peak(path: Path) -> tuple[int, int]:
+    """The records read from `path` and Python's peak allocation while reading them."""
+    tracemalloc.start()
+    try:
+        return sum(1 for _ in read_records(path)), tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def test_jsonl_is_streamed_not_read_whole(tmp_path):
     """Reading holds about one line at a time: Python's peak allocation stays far below the file's size."""
     path = tmp_path / "big.jsonl"
@@ -403,12 +395,7 @@ def test_jsonl_is_streamed_not_read_whole(tmp_path):
     with open(path, "w") as f:
         f.writelines(line for _ in range(16_000))
     size = path.stat().st_size
-    tracemalloc.start()
-    try:
-        n = sum(1 for _ in read_records(path))
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    n, peak = _count_with_peak(path)
     assert n == 16_000
     assert peak < size / 8, f"peak {peak:,} bytes while reading a {size:,}-byte file"
 
@@ -421,12 +408,7 @@ def test_json_array_is_streamed_not_read_whole(tmp_path):
         f.write(",\n".join([element] * 16_000))
         f.write("]")
     size = path.stat().st_size
-    tracemalloc.start()
-    try:
-        n = sum(1 for _ in read_records(path))
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    n, peak = _count_with_peak(path)
     assert n == 16_000
     assert peak < size / 3, f"peak {peak:,} bytes while reading a {size:,}-byte file"
 
