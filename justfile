@@ -17,8 +17,8 @@ setup:
     want="$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)"
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then exit 0; fi
     [ -x "{{bin}}/python" ] || {{python}} -m venv "{{venv}}"
-    "{{bin}}/python" -m pip install --quiet --upgrade pip
-    "{{bin}}/python" -m pip install --quiet -c constraints.txt -e ".[train,ray,dev]"
+    scripts/pip_retry.sh "{{bin}}/python" install --quiet --upgrade pip
+    scripts/pip_retry.sh "{{bin}}/python" install --quiet -c constraints.txt -e ".[train,ray,dev]"
     "{{bin}}/python" -m compileall -q curate schemas rewards generation train pipelines > /dev/null  # bytecode once, for quick CLI starts
     echo "$want" > "$stamp"
 

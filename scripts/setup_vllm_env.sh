@@ -37,10 +37,11 @@ fi
 echo "creating $VENV"
 "$PYTHON" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip)
-"${PIP[@]}" install -q --upgrade pip
+PIP_NET=("$REPO/scripts/pip_retry.sh" "$VENV/bin/python")  # installs that download
+"${PIP_NET[@]}" install -q --upgrade pip
 
 echo "installing $VLLM_SPEC (with its own torch; this takes a few minutes)"
-"${PIP[@]}" install -q "$VLLM_SPEC"
+"${PIP_NET[@]}" install -q "$VLLM_SPEC"
 
 # Workaround 1 (see the header).
 "${PIP[@]}" uninstall -y torchaudio torchcodec || true
@@ -48,7 +49,7 @@ echo "installing $VLLM_SPEC (with its own torch; this takes a few minutes)"
 # The project's light dependencies, without letting pip move vLLM's torch or transformers.
 CONSTRAINTS="$VENV/pebr-keep.txt"
 "${PIP[@]}" freeze | grep -iE '^(torch|torchvision|transformers|tokenizers|numpy|pillow)==' > "$CONSTRAINTS"
-"${PIP[@]}" install -q -c "$CONSTRAINTS" \
+"${PIP_NET[@]}" install -q -c "$CONSTRAINTS" \
     duckdb pyarrow polars typer rich mathruler pylatexenc tqdm pillow pyyaml filelock matplotlib pytest
 
 SITE="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
