@@ -346,17 +346,28 @@ def synth(
     seed: Annotated[int, typer.Option(help="World seed; the same seed gives byte-identical files.")] = 0,
     test_fraction: Annotated[float, typer.Option(help="Share of samples in test.jsonl.")] = 0.1,
     image_size: Annotated[int, typer.Option(help="Image side in pixels.")] = 112,
+    mix: Annotated[Optional[str], typer.Option(help="Capability weights, e.g. reasoning=2,perception_coarse=1,perception_fine=1 "
+                                                     "(default 0.25/0.5/0.25 reasoning/coarse/fine).")] = None,
 ) -> None:
     """Write the shapes world: images of simple objects with perception and reasoning questions.
 
     Example: curate synth --out world --n 2000 --seed 0
     """
-    from curate.synth import generate_world
+    from curate.synth import capability_mix, generate_world
+    from schemas.errors import PebrError
 
+    weights = None
+    if mix is not None:
+        try:
+            weights = {k.strip(): float(v) for k, v in (item.split("=", 1) for item in mix.split(",") if item.strip())}
+            capability_mix(weights)
+        except ValueError as e:
+            raise PebrError(f"--mix {mix!r}: expected CAPABILITY=WEIGHT,... with weights >= 0 over "
+                            "reasoning, perception_coarse, perception_fine") from e
     with progress_bar(unit="samples") as bar:
         task = bar.add_task("synth", total=n)
         stats = generate_world(out, n=n, seed=seed, test_fraction=test_fraction, image_size=image_size,
-                               progress=lambda k: bar.advance(task, k))
+                               progress=lambda k: bar.advance(task, k), mix=weights)
     console().print(f"{stats['n_train']:,} train + {stats['n_test']:,} test samples in [bold]{esc(out)}[/bold] "
                     f"({stats['seconds']:.1f} s): " + ", ".join(f"{k} {v:,}" for k, v in stats["by_capability"].items()))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -61,6 +62,10 @@ class Obj:
     def item(self) -> str:
         """The object in a description: size, colour, shape and cell."""
         return f"{self.size} {self.color} {self.shape} {self.where}"
+
+    def item_key(self) -> tuple[str, str, str, str]:
+        """What `description_f1` matches: (size, colour, shape, cell name)."""
+        return (self.size, self.color, self.shape, self.where)
 
 
 def position_name(row: int, col: int) -> str:
@@ -420,11 +425,29 @@ def gold_response(description: str, rationale: str, steps: list[str], answer: st
     return "\n".join(lines)
 
 
-def make_sample(seed: int, index: int, image_size: int = 112) -> tuple[dict, bytes]:
-    """Record ``index`` of the world with ``seed`` and its PNG; depends on nothing else."""
+def capability_mix(mix: dict[str, float] | None) -> dict[str, float]:
+    """The capability weights of a world: ``CAPABILITY_WEIGHTS`` or the given ones, normalised.
+
+    >>> capability_mix({"reasoning": 2, "perception_coarse": 1, "perception_fine": 1})["reasoning"]
+    0.5
+    """
+    if mix is None:
+        return dict(CAPABILITY_WEIGHTS)
+    unknown = sorted(set(mix) - set(FAMILIES))
+    if unknown or any(w < 0 for w in mix.values()) or sum(mix.values()) <= 0:
+        raise ValueError(f"capability mix {mix}: weights >= 0 over {', '.join(FAMILIES)}, not all zero")
+    total = sum(mix.values())
+    return {c: mix.get(c, 0.0) / total for c in FAMILIES}
+
+
+def make_sample(seed: int, index: int, image_size: int = 112,
+                mix: dict[str, float] | None = None) -> tuple[dict, bytes]:
+    """Record ``index`` of the world with ``seed`` and its PNG; depends on nothing else (``mix``: the
+    capability weights, default ``CAPABILITY_WEIGHTS``)."""
     rng = np.random.default_rng([seed, index])
     caps = list(FAMILIES)
-    capability = caps[int(rng.choice(len(caps), p=[CAPABILITY_WEIGHTS[c] for c in caps]))]
+    weights_by_cap = capability_mix(mix)
+    capability = caps[int(rng.choice(len(caps), p=[weights_by_cap[c] for c in caps]))]
     weights = np.asarray(FAMILY_WEIGHTS[capability], dtype=float)
     family = FAMILIES[capability][int(rng.choice(len(weights), p=weights / weights.sum()))]
     while True:  # a family that does not fit the scene gets a new scene
@@ -454,9 +477,9 @@ def make_sample(seed: int, index: int, image_size: int = 112) -> tuple[dict, byt
     return record, buf.getvalue()
 
 
-def _write_sample(args: tuple[Path, int, int, int]) -> tuple[str, str]:
-    out, seed, index, image_size = args
-    record, png = make_sample(seed, index, image_size)
+def _write_sample(args: tuple[Path, int, int, int, dict | None]) -> tuple[str, str]:
+    out, seed, index, image_size, mix = args
+    record, png = make_sample(seed, index, image_size, mix)
     (out / record["images"][0]).write_bytes(png)
     return record["capability"], json.dumps(record, ensure_ascii=False, sort_keys=True)
 
@@ -469,14 +492,17 @@ def generate_world(
     image_size: int = 112,
     workers: int | None = None,
     progress=None,
+    mix: dict[str, float] | None = None,
 ) -> dict:
     """Write ``n`` shapes-world samples to ``out/train.jsonl``, ``out/test.jsonl`` and ``out/images/``.
 
     Each sample depends only on (seed, index), so the files are byte-identical for a seed whatever
     the number of ``workers`` (default: the CPUs available, one for small worlds). The last
     ``round(n * test_fraction)`` samples form the test split.
-    ``progress(k)`` is called as samples are written. Returns ``{n_train, n_test, by_capability, seconds}``.
+    ``progress(k)`` is called as samples are written; ``mix`` weighs the capabilities (default
+    ``CAPABILITY_WEIGHTS``). Returns ``{n_train, n_test, by_capability, seconds}``.
     """
+    capability_mix(mix)  # a bad mix fails before anything is written
     if not 0 <= test_fraction < 1:
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
     start = time.perf_counter()
@@ -486,7 +512,7 @@ def generate_world(
     n_train = n - n_test
     if workers is None:
         workers = 1 if n < 1000 else len(os.sched_getaffinity(0))
-    jobs = ((out, seed, i, image_size) for i in range(n))
+    jobs = ((out, seed, i, image_size, mix) for i in range(n))
     tmp = {name: out / f".{name}.jsonl.tmp" for name in ("train", "test")}
     with open(tmp["train"], "w", encoding="utf-8") as train, open(tmp["test"], "w", encoding="utf-8") as test:
         if workers > 1:
@@ -517,3 +543,52 @@ def _write_lines(lines, n_train: int, train, test, progress=None) -> Counter:
     if progress:
         progress(sum(by_capability.values()) % 256)
     return by_capability
+
+
+# ---------------------------------------------------------------- measuring descriptions
+
+_ITEM_RE = re.compile(
+    rf"\b({'|'.join(SIZES)})\s+({'|'.join(COLORS)})\s+({'|'.join(SHAPES)})\s+"
+    rf"(center|(?:{'|'.join(ROWS)})\s+(?:{'|'.join(COLS)}))\b",
+    re.IGNORECASE,
+)
+
+
+def described_objects(description: str) -> Counter:
+    """The objects a description names as ``size colour shape position`` items (a multiset).
+
+    >>> sorted(described_objects("2 objects: small red circle top left, large blue star center.").elements())
+    [('large', 'blue', 'star', 'center'), ('small', 'red', 'circle', 'top left')]
+    """
+    return Counter(
+        (size.lower(), color.lower(), shape.lower(), " ".join(where.lower().split()))
+        for size, color, shape, where in _ITEM_RE.findall(description)
+    )
+
+
+def description_f1(response: str, scene: dict) -> float:
+    """F1 of the objects a response's image description names against the scene's objects.
+
+    An object counts as found when its size, colour, shape and cell are all right; precision is over
+    the objects named, recall over the scene's. A response without a description scores 0.
+
+    >>> scene = {"objects": [{"shape": "circle", "color": "red", "size": "small", "row": 0, "col": 0},
+    ...                      {"shape": "star", "color": "blue", "size": "large", "row": 1, "col": 1}]}
+    >>> description_f1("### Image Description: 2 objects: small red circle top left, large blue star center."
+    ...                "\\n### Rationales: x", scene)
+    1.0
+    >>> round(description_f1("### Image Description: small red circle top left, small green square center."
+    ...                      "\\n### Rationales: x", scene), 3)
+    0.5
+    >>> description_f1("no sections at all", scene)
+    0.0
+    """
+    from rewards.clip import extract_caption
+
+    named = described_objects(extract_caption(response))
+    truth = Counter(Obj(**o).item_key() for o in scene["objects"])
+    hits = sum((named & truth).values())
+    if hits == 0:
+        return 0.0
+    precision, recall = hits / sum(named.values()), hits / sum(truth.values())
+    return 2 * precision * recall / (precision + recall)

@@ -1,18 +1,23 @@
 """The whole method on the embedded shapes world, run command by command as a user would.
 
-    python -m pipelines.demo [--recipe pipelines/demo.yaml] [--out runs/demo] [--assets-only]
+    python -m pipelines.demo [--recipe pipelines/demo.yaml] [--out runs/demo] [--seeds 1 2 3] [--assets-only]
 
-1. `curate synth` draws two worlds: one for warm-up SFT, one whose train split is curated and whose
-   test split is held out. `train init-tiny` builds the tiny model; `train run --stage warmup` warms it
-   up. These three are cached under OUT/cache/<key> (key: the recipe's sections for them), so a
-   second demo starts at step 2.
+1. `curate synth` draws three worlds: one for warm-up SFT, one whose train split is curated, and a
+   held-out evaluation world (another seed, half reasoning questions). `train init-tiny` builds the
+   tiny model; `train run --stage warmup` warms it up; `train init-clip` trains the tiny CLIP-family
+   alignment model of the perception reward on the warm-up world's image/description pairs. These
+   are cached under OUT/cache/<key> (key: the recipe's sections for them), so a second run starts at 2.
 2. `curate ingest` + `curate score` (n = 8, temperature 1.2) measure every train question's pass rate.
 3. `curate select` writes the perception (easy), reasoning (medium) and warm-up (hard) stage datasets.
-4. `train run --stage perception`, then `--stage reasoning` from stage 1's model.
-5. A single-stage baseline: GRPO with the reasoning reward on the uncurated train split, from the
-   warm-up model, with as many rollouts as stages 1 and 2 together.
-6. `train eval` on the test split after warm-up, stage 1, stage 2 and the baseline; one table, and
-   OUT/summary.json.
+4. Per seed: `train run --stage perception`, then `--stage reasoning` from stage 1's model; and a
+   single-stage baseline, GRPO with the reasoning reward on the uncurated train split from the warm-up
+   model, with as many rollouts as stages 1 and 2 together.
+5. `train eval` on the evaluation world after warm-up and after every arm of every seed; accuracy
+   per capability, description F1 against the stored scenes, paired-bootstrap intervals for every
+   difference (pipelines/compare.py), the zero-advantage fraction and the training reward per step
+   of every arm: one table, OUT/summary.json and OUT/report.md with its plots.
+
+`just demo` runs one seed; `just experiment` the same arms over three seeds into runs/experiment.
 """
 
 from __future__ import annotations
@@ -33,6 +38,11 @@ from rich.table import Table
 HERE = Path(__file__).resolve().parent
 console = Console(stderr=True)
 
+ARMS = ("stage1", "stage2", "single_stage_baseline")
+"""The models trained per seed; ``warmup`` is trained once."""
+MODELS = ("warmup", *ARMS)
+PERCEPTION = ("perception_coarse", "perception_fine")
+
 
 def _argv(tool: str, *args) -> list[str]:
     return [sys.executable, "-m", f"{tool}.cli", *[str(a) for a in args]]
@@ -45,13 +55,19 @@ def _sets(section: dict) -> list[str]:
     return out
 
 
+def _mix(mix: dict | None) -> list[str]:
+    return ["--mix", ",".join(f"{k}={v}" for k, v in mix.items())] if mix else []
+
+
 class Demo:
-    def __init__(self, recipe_path: Path, out: Path):
+    def __init__(self, recipe_path: Path, out: Path, seeds: list[int] | None = None, cache: Path | None = None):
         import yaml
 
         self.recipe = yaml.safe_load(recipe_path.read_text())
         self.recipe_path = recipe_path
         self.out = out
+        self.seeds = seeds or [int(self.recipe.get("rl_seed", 1))]
+        self.cache = cache or out / "cache"
         self.seconds: dict[str, float] = {}
 
     def step(self, name: str, argv: list[str]) -> None:
@@ -70,33 +86,39 @@ class Demo:
         return json.loads(r.stdout)
 
     # -- 1. assets (cached) ---------------------------------------------------------------
-    def assets(self) -> tuple[Path, Path]:
-        keyed = {k: self.recipe.get(k) for k in ("world", "warmup_world", "tiny", "warmup")}
+    def assets(self) -> dict[str, Path]:
+        keyed = {k: self.recipe.get(k) for k in ("world", "warmup_world", "eval_world", "tiny", "warmup", "clip")}
         key = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:12]
-        cache = self.out / "cache" / key
-        world, model = cache / "world", cache / "warmup"
+        cache = self.cache / key
+        paths = {"world": cache / "world", "eval_world": cache / "eval_world", "warmup": cache / "warmup",
+                 "clip": cache / "clip"}
         if (cache / "done").exists():
-            console.print(f"[green]using cached world and warm-up model in {cache}[/green]")
-            return world, model
+            console.print(f"[green]using cached worlds, warm-up model and CLIP model in {cache}[/green]")
+            return paths
         shutil.rmtree(cache, ignore_errors=True)
-        w, ww = self.recipe["world"], self.recipe["warmup_world"]
-        self.step("synth", _argv("curate", "synth", "--out", world, "--n", w["n"], "--seed", w["seed"],
-                                 "--test-fraction", w["test_fraction"], "--image-size", w["image_size"]))
+        w, ww, ew = self.recipe["world"], self.recipe["warmup_world"], self.recipe["eval_world"]
+        self.step("synth", _argv("curate", "synth", "--out", paths["world"], "--n", w["n"], "--seed", w["seed"],
+                                 "--test-fraction", w.get("test_fraction", 0), "--image-size", w["image_size"]))
         self.step("synth_warmup", _argv("curate", "synth", "--out", cache / "warmup_world", "--n", ww["n"],
                                         "--seed", ww["seed"], "--test-fraction", 0, "--image-size", ww["image_size"]))
+        self.step("synth_eval", _argv("curate", "synth", "--out", paths["eval_world"], "--n", ew["n"], "--seed", ew["seed"],
+                                      "--test-fraction", 0, "--image-size", ew["image_size"], *_mix(ew.get("mix"))))
         tiny_args = [a for k, v in (self.recipe.get("tiny") or {}).items() for a in ("--size", f"{k}={v}")]
         self.step("init_tiny", _argv("train", "init-tiny", "--out", cache / "tiny", "--corpus",
                                      cache / "warmup_world" / "train.jsonl", "--seed", self.recipe.get("seed", 0), *tiny_args))
         self.step("warmup", _argv("train", "run", "--stage", "warmup", "--model", cache / "tiny", "--data",
-                                  cache / "warmup_world" / "train.jsonl", "--out", model, "--recipe", self.recipe_path))
+                                  cache / "warmup_world" / "train.jsonl", "--out", paths["warmup"], "--recipe", self.recipe_path))
+        self.step("init_clip", _argv("train", "init-clip", "--data", cache / "warmup_world" / "train.jsonl",
+                                     "--out", paths["clip"], "--recipe", self.recipe_path))
         (cache / "done").write_text(json.dumps(keyed, indent=2))
-        return world, model
+        return paths
 
-    # -- 2..6 ------------------------------------------------------------------------------
-    def run(self, world: Path, warm: Path) -> dict:
-        self.world = world
-        store, stages, models = self.out / "store", self.out / "stages", self.out / "models"
-        for d in (store, stages, models, self.out / "eval"):
+    # -- 2..5 ------------------------------------------------------------------------------
+    def run(self, assets: dict[str, Path]) -> dict:
+        self.assets_ = assets
+        world, warm = assets["world"], assets["warmup"]
+        store, stages = self.out / "store", self.out / "stages"
+        for d in (store, stages, self.out / "eval", *(self.out / f"seed-{s}" for s in self.seeds)):
             shutil.rmtree(d, ignore_errors=True)
         self.step("ingest", _argv("curate", "ingest", world / "train.jsonl", "--image-root", world, "--store", store))
         self.step("score", _argv("curate", "score", "--model", warm, "--recipe", self.recipe_path, "--store", store))
@@ -106,78 +128,99 @@ class Demo:
         for stage in ("perception", "reasoning", "warmup"):
             self.step(f"select_{stage}", _argv("curate", "select", "--stage", stage, "--out", stages / stage,
                                                "--seed", self.recipe.get("seed", 0), "--store", store))
-        self.step("eval_warmup", self._eval(warm, "warmup"))
-        self.step("stage1", _argv("train", "run", "--stage", "perception", "--model", warm, "--data", stages / "perception",
-                                  "--out", models / "stage1", "--recipe", self.recipe_path))
-        self.step("eval_stage1", self._eval(models / "stage1", "stage1"))
-        self.step("stage2", _argv("train", "run", "--stage", "reasoning", "--model", models / "stage1",
-                                  "--data", stages / "reasoning", "--out", models / "stage2", "--recipe", self.recipe_path))
-        self.step("eval_stage2", self._eval(models / "stage2", "stage2"))
-        rollouts = self._rollouts(models / "stage1") + self._rollouts(models / "stage2")
+        self.step("eval_warmup", self._eval(warm, self.out / "eval", "warmup"))
+        rollouts = {}
+        for seed in self.seeds:
+            rollouts[seed] = self.arms(seed, stages)
+        return self.summary(bands, by_cap, rollouts)
+
+    def arms(self, seed: int, stages: Path) -> dict[str, int]:
+        """Stage 1, stage 2 and the baseline with ``seed``, each evaluated; the rollouts each used."""
+        warm, world, clip = self.assets_["warmup"], self.assets_["world"], self.assets_["clip"]
+        models, ev, tag = self.out / f"seed-{seed}" / "models", self.out / f"seed-{seed}" / "eval", f"[seed {seed}]"
+        self.step(f"stage1 {tag}", _argv("train", "run", "--stage", "perception", "--model", warm, "--data",
+                                         stages / "perception", "--out", models / "stage1", "--recipe", self.recipe_path,
+                                         "--set", f"seed={seed}", "--set", f"rewards.clip_model_path={clip}"))
+        self.step(f"eval_stage1 {tag}", self._eval(models / "stage1", ev, "stage1"))
+        self.step(f"stage2 {tag}", _argv("train", "run", "--stage", "reasoning", "--model", models / "stage1",
+                                         "--data", stages / "reasoning", "--out", models / "stage2",
+                                         "--recipe", self.recipe_path, "--set", f"seed={seed}"))
+        self.step(f"eval_stage2 {tag}", self._eval(models / "stage2", ev, "stage2"))
+        two_stage = _rollouts(models / "stage1") + _rollouts(models / "stage2")
         base = self.recipe["baseline"]
         per_step = base["update_batch_questions"] * base.get("num_generations", 8)
-        steps = max(1, round(rollouts / per_step))
-        self.step("baseline", _argv("train", "run", "--stage", "reasoning", "--model", warm, "--data", world / "train.jsonl",
-                                    "--out", models / "baseline", "--recipe", self.recipe_path,
-                                    *_sets({**base, "max_steps": steps, "epochs": 1000})))
-        self.step("eval_baseline", self._eval(models / "baseline", "single_stage_baseline"))
-        return self.summary(bands, by_cap, rollouts, steps * per_step)
+        steps = max(1, round(two_stage / per_step))
+        self.step(f"baseline {tag}", _argv("train", "run", "--stage", "reasoning", "--model", warm,
+                                           "--data", world / "train.jsonl", "--out", models / "single_stage_baseline",
+                                           "--recipe", self.recipe_path,
+                                           *_sets({**base, "max_steps": steps, "epochs": 1000, "seed": seed})))
+        self.step(f"eval_baseline {tag}", self._eval(models / "single_stage_baseline", ev, "single_stage_baseline"))
+        return {"two_stage": two_stage, "single_stage_baseline": _rollouts(models / "single_stage_baseline")}
 
-    def _eval(self, model: Path, name: str) -> list[str]:
-        return _argv("train", "eval", "--model", model, "--data", self._world_test(), "--json",
-                     self.out / "eval" / f"{name}.json", "--recipe", self.recipe_path)
+    def _eval(self, model: Path, folder: Path, name: str) -> list[str]:
+        return _argv("train", "eval", "--model", model, "--data", self.assets_["eval_world"] / "train.jsonl",
+                     "--json", folder / f"{name}.json", "--responses", folder / f"{name}.jsonl",
+                     "--recipe", self.recipe_path)
 
-    def _world_test(self) -> Path:
-        return self.world / "test.jsonl"
+    def summary(self, bands: dict, by_cap: list[dict], rollouts: dict[int, dict]) -> dict:
+        from pipelines import results
 
-    @staticmethod
-    def _rollouts(model_dir: Path) -> int:
-        rec = json.loads((model_dir / "pebr_run.json").read_text())
-        return int(rec.get("rollouts", 0))
-
-    def summary(self, bands: dict, by_cap: list[dict], rollouts: int, baseline_rollouts: int) -> dict:
-        models = self.out / "models"
-        acc = {}
-        for name in ("warmup", "stage1", "stage2", "single_stage_baseline"):
-            ev = json.loads((self.out / "eval" / f"{name}.json").read_text())
-            caps = ev["by_capability"]
-            per = [caps[c] for c in ("perception_coarse", "perception_fine") if c in caps]
-            n_p = sum(c["n"] for c in per)
-            acc[name] = {
-                "perception": sum(c["n"] * c["accuracy"] for c in per) / n_p if n_p else None,
-                "reasoning": caps.get("reasoning", {}).get("accuracy"),
-            }
-        signal = {s: json.loads((models / m / "signal.json").read_text()) for s, m in
-                  (("perception", "stage1"), ("reasoning", "stage2"))}
+        scenes = results.scenes(self.assets_["eval_world"] / "train.jsonl")
+        answers = {"warmup": [results.per_question(self.out / "eval" / "warmup.jsonl", scenes)]}
+        signals = {}
+        for arm in ARMS:
+            answers[arm] = [results.per_question(self.out / f"seed-{s}" / "eval" / f"{arm}.jsonl", scenes)
+                            for s in self.seeds]
+            signals[arm] = [json.loads((self.out / f"seed-{s}" / "models" / arm / "signal.json").read_text())
+                            for s in self.seeds]
+        first = rollouts[self.seeds[0]]
         summary = {
-            "bands": {b: bands.get(b, 0) for b in ("easy", "medium", "hard")},
+            **results.summarise(answers, signals, bands),
             "bands_by_capability": by_cap,
-            "accuracy": acc,
-            "predicted_zero_adv": {s: signal[s]["predicted_zero_adv"] for s in signal},
-            "observed_zero_adv": {s: signal[s]["observed_zero_adv"] for s in signal},
-            "rollouts": {"two_stage": rollouts, "single_stage_baseline": baseline_rollouts},
+            "rollouts": {"two_stage": first["two_stage"], "single_stage_baseline": first["single_stage_baseline"],
+                         "by_seed": {str(k): v for k, v in rollouts.items()}},
+            "seeds": self.seeds,
             "seconds": self.seconds,
             "recipe": str(self.recipe_path),
         }
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        results.write_report(summary, self.out)
         return summary
 
 
+def _rollouts(model_dir: Path) -> int:
+    rec = json.loads((model_dir / "pebr_run.json").read_text())
+    return int(rec.get("rollouts", 0))
+
+
 def show(summary: dict) -> None:
+    from pipelines.compare import fmt_comparison
+
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-    t = Table(title="PeBR demo on the shapes world")
-    t.add_column("model")
-    t.add_column("perception acc", justify="right")
-    t.add_column("reasoning acc", justify="right")
-    for name, a in summary["accuracy"].items():
-        t.add_row(name, fmt(a["perception"]), fmt(a["reasoning"]))
+    seeds = summary["seeds"]
+    t = Table(title=f"PeBR demo on the shapes world ({len(seeds)} seed{'s' if len(seeds) > 1 else ''}; "
+                    f"{summary['eval']['perception']} perception + {summary['eval']['reasoning']} reasoning held-out questions)")
+    for col in ("model", "perception acc", "reasoning acc", "description F1", "zero-adv groups (observed)"):
+        t.add_column(col, justify="left" if col == "model" else "right")
+    for name in MODELS:
+        a = summary["accuracy"][name]
+        z = summary["zero_adv_observed"].get(name, {}).get("mean")
+        t.add_row(name, fmt(a["perception"]), fmt(a["reasoning"]), fmt(summary["description_f1"][name]), fmt(z))
     console.print(t)
-    b = summary["bands"]
-    console.print(f"bands after warm-up (n = 8, T = 1.2): easy {b['easy']}, medium {b['medium']}, hard {b['hard']}")
+    c = Table(title="Differences (paired bootstrap, 95% interval)")
+    for col in ("comparison", "perception acc", "reasoning acc", "description F1"):
+        c.add_column(col, justify="left" if col == "comparison" else "right")
+    for name, cmp in summary["comparisons"].items():
+        c.add_row(name, *(fmt_comparison(cmp[m]) for m in ("perception", "reasoning", "description_f1")))
+    console.print(c)
+    b, share = summary["bands"], summary["pool"]
+    console.print(f"bands after warm-up (n = 8, T = 1.2): easy {b['easy']}, medium {b['medium']}, hard {b['hard']} "
+                  f"(easy or hard: {share['degenerate']:.0%} of the pool)")
     for s in ("perception", "reasoning"):
         console.print(f"zero-advantage groups, {s}: predicted {fmt(summary['predicted_zero_adv'][s])}, "
                       f"observed {fmt(summary['observed_zero_adv'][s])}")
-    console.print(f"rollouts: two-stage {summary['rollouts']['two_stage']}, baseline {summary['rollouts']['single_stage_baseline']}")
+    console.print(f"rollouts per seed: two-stage {summary['rollouts']['two_stage']}, "
+                  f"baseline {summary['rollouts']['single_stage_baseline']}")
     console.print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in summary["seconds"].items()) +
                   f"; total {sum(summary['seconds'].values()):.0f}")
 
@@ -186,16 +229,19 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--recipe", type=Path, default=HERE / "demo.yaml")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
-    p.add_argument("--assets-only", action="store_true", help="only build (and cache) the worlds and the warm-up model")
+    p.add_argument("--seeds", type=int, nargs="+", help="RL seeds, one run of every arm each (default: the recipe's rl_seed)")
+    p.add_argument("--cache", type=Path, help="where the worlds, warm-up and CLIP models are cached (default OUT/cache)")
+    p.add_argument("--assets-only", action="store_true", help="only build (and cache) the worlds and the warm-up and CLIP models")
     args = p.parse_args()
-    demo = Demo(args.recipe, args.out)
+    demo = Demo(args.recipe, args.out, args.seeds, args.cache)
     started = time.monotonic()
-    world, warm = demo.assets()
+    assets = demo.assets()
     if args.assets_only:
         return
-    summary = demo.run(world, warm)
+    summary = demo.run(assets)
     show(summary)
-    console.print(f"whole demo: {time.monotonic() - started:.0f} s; summary in [bold]{args.out / 'summary.json'}[/bold]")
+    console.print(f"whole run: {time.monotonic() - started:.0f} s; summary in [bold]{args.out / 'summary.json'}[/bold], "
+                  f"report in [bold]{args.out / 'report.md'}[/bold]")
 
 
 if __name__ == "__main__":

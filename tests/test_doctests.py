@@ -8,7 +8,8 @@ import importlib
 import pytest
 
 MODULES = ["schemas.tables", "generation.prompt", "generation", "generation.base", "generation.tokens",
-           "generation.hf", "curate.score", "curate.steps", "curate.views", "schemas.config", "schemas.io", "train.grpo"]
+           "generation.hf", "curate.score", "curate.steps", "curate.views", "schemas.config", "schemas.io", "train.grpo",
+           "curate.synth", "pipelines.compare"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -268,7 +268,8 @@ def predicted_zero_adv(manifest: dict | None) -> float | None:
 
 
 class SignalLog:
-    """Collects what TRL logs per step: the observed zero-advantage fraction and the mean rewards."""
+    """Collects what TRL logs per rollout batch: the observed zero-advantage fraction and the mean
+    rewards (``reward``: the weighted total; ``rewards/<name>/mean``: each function)."""
 
     def __init__(self):
         self.observed: list[float] = []
@@ -392,7 +393,7 @@ def run_stage(model_dir: Path, data: Path, out: Path, cfg: GRPOStageConfig, imag
         return result
     atomic_write(out / "signal.json", json.dumps({
         "stage": cfg.stage, "predicted_zero_adv": predicted, "observed_zero_adv": result.observed_zero_adv,
-        "observed_per_step": observed}, indent=2))
+        "observed_per_step": observed, "rewards_per_step": stage.log.rewards}, indent=2))
     write_run_record(out, cfg.stage, asdict(cfg), str(model_dir), str(data), report.manifest, {
         "rows": report.rows, "skipped": report.skipped, "longest_prompt_tokens": stage.longest_prompt,
         "trl_batching": asdict(b), "reward_weights": stage.weights, "generation_mode": stage.generation_mode,

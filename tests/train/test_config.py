@@ -167,8 +167,17 @@ def test_the_demo_recipe_keeps_the_papers_algorithm():
         cfg = stage_config(stage, recipe)
         assert (cfg.num_generations, cfg.temperature, cfg.top_p, cfg.beta) == (8, 1.2, 0.99, 0.01)
         assert (cfg.epsilon_low, cfg.epsilon_high, cfg.dual_clip, cfg.loss_type) == (0.2, 0.3, 3.0, "dapo")
-        assert cfg.rollout_batch_questions == cfg.update_batch_questions, "one update per rollout batch"
         assert cfg.stage == stage
+        # the paper's proportions: RL lr 1/10 of SFT's, its updates per rollout batch, its epochs
+        assert cfg.learning_rate == pytest.approx(stage_config("warmup", recipe).learning_rate / 10)
+        assert cfg.lr_scheduler_type == "constant"
+        assert cfg.rollout_batch_questions // cfg.update_batch_questions == {"perception": 5, "reasoning": 4}[stage]
+        assert cfg.epochs == {"perception": 1, "reasoning": 2}[stage] and cfg.max_steps == -1
+    base = stage_config("reasoning", recipe, recipe["baseline"])
+    s2 = stage_config("reasoning", recipe)
+    assert (base.learning_rate, base.rollout_batch_questions, base.update_batch_questions) == (
+        s2.learning_rate, s2.rollout_batch_questions, s2.update_batch_questions), "the baseline trains like stage 2"
+    assert stage_config("perception", recipe).rewards.length_limit < stage_config("perception", recipe).max_completion_length
 
 
 def test_load_recipe_errors_and_empty_files(tmp_path):

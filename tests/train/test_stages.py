@@ -63,6 +63,10 @@ def test_one_grpo_step_per_stage_with_the_real_rewards(tmp_path, tiny_model, wor
     assert r.observed_zero_adv is not None and 0.0 <= r.observed_zero_adv <= 1.0
     signal = json.loads((tmp_path / stage / "signal.json").read_text())
     assert signal["stage"] == stage and len(signal["observed_per_step"]) >= 1
+    # the training reward per rollout batch, total and per function, one value per logged batch
+    per_step = signal["rewards_per_step"]
+    assert len(per_step["reward"]) == len(signal["observed_per_step"])
+    assert {k.split("/")[1] for k in per_step if k.startswith("rewards/")} == expected
     record = json.loads((tmp_path / stage / "pebr_run.json").read_text())
     assert record["config"]["dual_clip"] == 3.0 and record["config"]["beta"] == 0.01
 

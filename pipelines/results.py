@@ -1,0 +1,187 @@
+"""The demo's and the experiment's results: per-question scores, comparisons, curves and the report page.
+
+Every model answers the same held-out questions (the evaluation world). A question's scores are its
+answer's accuracy and the description F1 of its response against the stored scene
+(`curate.synth.description_f1`). Comparisons between models are paired per question
+(`pipelines.compare.paired_bootstrap`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.compare import fmt_comparison, paired_bootstrap
+
+PERCEPTION = ("perception_coarse", "perception_fine")
+COMPARISONS = {
+    "stage1_vs_warmup": ("stage1", "warmup"),
+    "stage2_vs_warmup": ("stage2", "warmup"),
+    "stage2_vs_stage1": ("stage2", "stage1"),
+    "two_stage_vs_baseline": ("stage2", "single_stage_baseline"),
+    "baseline_vs_warmup": ("single_stage_baseline", "warmup"),
+}
+"""Each comparison: (model, minus this model)."""
+VS_WARMUP = {"stage1": "stage1_vs_warmup", "stage2": "stage2_vs_warmup", "single_stage_baseline": "baseline_vs_warmup"}
+METRICS = ("perception", "reasoning", "description_f1")
+
+
+def scenes(world_jsonl: Path) -> dict[str, dict]:
+    """qid -> the record's scene and capability, from a shapes-world JSONL."""
+    out = {}
+    with open(world_jsonl, encoding="utf-8") as f:
+        for line in f:
+            r = json.loads(line)
+            out[r["qid"]] = {"scene": r["scene"], "capability": r["capability"]}
+    return out
+
+
+def per_question(responses_jsonl: Path, world: dict[str, dict]) -> dict[str, np.ndarray]:
+    """A model's scores per held-out question, in qid order: ``qid``, ``capability``, ``accuracy``, ``f1``.
+
+    Every question of ``world`` must have exactly one response: a comparison pairs questions.
+    """
+    from curate.synth import description_f1
+
+    rows = {}
+    with open(responses_jsonl, encoding="utf-8") as f:
+        for line in f:
+            r = json.loads(line)
+            if r["sample_id"] in rows:
+                raise ValueError(f"{responses_jsonl}: question {r['sample_id']} answered twice")
+            rows[r["sample_id"]] = r
+    if set(rows) != set(world):
+        raise ValueError(f"{responses_jsonl}: {len(set(world) - set(rows))} questions unanswered, "
+                         f"{len(set(rows) - set(world))} not in the evaluation world")
+    qids = sorted(rows)
+    return {
+        "qid": np.array(qids),
+        "capability": np.array([world[q]["capability"] for q in qids]),
+        "accuracy": np.array([float(rows[q]["accuracy"]) for q in qids]),
+        "f1": np.array([description_f1(rows[q]["response"], world[q]["scene"]) for q in qids]),
+    }
+
+
+def metric(runs: list[dict[str, np.ndarray]], name: str) -> np.ndarray:
+    """(seeds, questions) scores of one metric: perception or reasoning accuracy, or description F1."""
+    first = runs[0]
+    if name == "description_f1":
+        return np.stack([r["f1"] for r in runs])
+    mask = np.isin(first["capability"], PERCEPTION) if name == "perception" else first["capability"] == "reasoning"
+    return np.stack([r["accuracy"][mask] for r in runs])
+
+
+def summarise(answers: dict[str, list[dict]], signals: dict[str, list[dict]], bands: dict[str, int]) -> dict:
+    """Everything the summary reports, from each model's per-question scores (one entry per seed; the
+    warm-up model has one) and each trained arm's signal.json per seed."""
+    for name, runs in answers.items():
+        for r in runs:
+            if not np.array_equal(r["qid"], answers["warmup"][0]["qid"]):
+                raise ValueError(f"{name}: answered other questions than the warm-up model")
+    means = {name: {m: float(metric(runs, m).mean()) for m in METRICS} for name, runs in answers.items()}
+    comparisons = {
+        key: {m: paired_bootstrap(metric(answers[a], m), metric(answers[b], m)) for m in METRICS}
+        for key, (a, b) in COMPARISONS.items() if a in answers and b in answers
+    }
+
+    def observed(runs: list[dict]) -> list[list[float]]:
+        return [s.get("observed_per_step") or [] for s in runs]
+
+    zero_adv = {
+        arm: {"mean": _mean([x for steps in observed(runs) for x in steps]), "per_step": observed(runs),
+              "predicted": runs[0].get("predicted_zero_adv")}
+        for arm, runs in signals.items()
+    }
+    first = answers["warmup"][0]
+    total = sum(bands.get(b, 0) for b in ("easy", "medium", "hard"))
+    return {
+        "bands": {b: bands.get(b, 0) for b in ("easy", "medium", "hard")},
+        "pool": {**{b: bands.get(b, 0) / total if total else None for b in ("easy", "medium", "hard")},
+                 "degenerate": (bands.get("easy", 0) + bands.get("hard", 0)) / total if total else None},
+        "eval": {"n": int(first["qid"].size), "perception": int(np.isin(first["capability"], PERCEPTION).sum()),
+                 "reasoning": int((first["capability"] == "reasoning").sum())},
+        "accuracy": {name: {"perception": v["perception"], "reasoning": v["reasoning"],
+                            "by_seed": {m: metric(answers[name], m).mean(axis=1).tolist() for m in ("perception", "reasoning")}}
+                     for name, v in means.items()},
+        "description_f1": {name: v["description_f1"] for name, v in means.items()},
+        "comparisons": comparisons,
+        "zero_adv_observed": zero_adv,
+        "reward_per_step": {arm: [(s.get("rewards_per_step") or {}).get("reward", []) for s in runs]
+                            for arm, runs in signals.items()},
+        # the keys of the one-seed demo: stage 1 is the perception stage, stage 2 the reasoning stage
+        "predicted_zero_adv": {"perception": zero_adv.get("stage1", {}).get("predicted"),
+                               "reasoning": zero_adv.get("stage2", {}).get("predicted")},
+        "observed_zero_adv": {"perception": zero_adv.get("stage1", {}).get("mean"),
+                              "reasoning": zero_adv.get("stage2", {}).get("mean")},
+    }
+
+
+def _mean(xs: list[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def write_report(summary: dict, out: Path) -> Path:
+    """OUT/report.md with three plots under OUT/plots: training reward and observed zero-advantage
+    fraction per rollout batch for every arm and seed, and every model's scores with their intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots = out / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    colours = {"stage1": "tab:blue", "stage2": "tab:green", "single_stage_baseline": "tab:red", "warmup": "tab:gray"}
+    for key, title, fname in (("reward_per_step", "training reward (weighted total) per rollout batch", "reward.png"),
+                              ("zero_adv_observed", "zero-advantage groups per rollout batch (observed)", "zero_adv.png")):
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        for arm, per_seed in summary[key].items():
+            series = per_seed["per_step"] if key == "zero_adv_observed" else per_seed
+            for i, ys in enumerate(series):
+                ax.plot(range(1, len(ys) + 1), ys, color=colours.get(arm), alpha=0.8, label=arm if i == 0 else None)
+        ax.set_xlabel("rollout batch")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(plots / fname, dpi=110)
+        plt.close(fig)
+
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.5))
+    models = list(summary["accuracy"])
+    for ax, m in zip(axes, ("perception", "reasoning", "description_f1")):
+        values = [summary["description_f1"][n] if m == "description_f1" else summary["accuracy"][n][m] for n in models]
+        # the interval of each trained model's difference from warm-up, drawn around its mean
+        errs = [[0, 0]]
+        for n in models[1:]:
+            c = summary["comparisons"].get(VS_WARMUP.get(n, ""), {}).get(m)
+            errs.append([c["diff"] - c["ci_low"], c["ci_high"] - c["diff"]] if c else [0, 0])
+        ax.bar(range(len(models)), values, yerr=np.array(errs).T, color=[colours.get(n) for n in models], capsize=4)
+        ax.set_xticks(range(len(models)), [n.replace("single_stage_", "") for n in models], fontsize=8)
+        ax.set_title(m.replace("_", " "))
+        ax.set_ylim(0, 1)
+    fig.suptitle("held-out scores (bars: 95% interval of the difference from warm-up)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(plots / "scores.png", dpi=110)
+    plt.close(fig)
+
+    lines = [f"# PeBR on the shapes world: {len(summary['seeds'])} seed(s)", "",
+             f"Held-out questions: {summary['eval']['perception']} perception, {summary['eval']['reasoning']} reasoning "
+             f"(evaluation world). Pool after warm-up: easy {summary['bands']['easy']}, medium {summary['bands']['medium']}, "
+             f"hard {summary['bands']['hard']} ({summary['pool']['degenerate']:.0%} easy or hard).", "",
+             "| model | perception acc | reasoning acc | description F1 | zero-adv groups (observed) |",
+             "|---|---:|---:|---:|---:|"]
+    for n in models:
+        z = summary["zero_adv_observed"].get(n, {}).get("mean")
+        a = summary["accuracy"][n]
+        lines.append(f"| {n} | {a['perception']:.3f} | {a['reasoning']:.3f} | {summary['description_f1'][n]:.3f} | "
+                     f"{'' if z is None else f'{z:.3f}'} |")
+    lines += ["", "Differences, mean over seeds and questions, with paired-bootstrap 95% intervals:", "",
+              "| comparison | perception acc | reasoning acc | description F1 |", "|---|---:|---:|---:|"]
+    for key, c in summary["comparisons"].items():
+        lines.append(f"| {key} | " + " | ".join(fmt_comparison(c[m]) for m in METRICS) + " |")
+    lines += ["", "![scores](plots/scores.png)", "", "![training reward](plots/reward.png)", "",
+              "![zero-advantage groups](plots/zero_adv.png)", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path

@@ -1,0 +1,107 @@
+"""The demo's measures: description F1 against stored scenes, paired-bootstrap comparisons, the summary
+and its report page, and the capability mix of the evaluation world."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from curate.synth import description_f1, generate_world, make_sample
+from pipelines import results
+from pipelines.compare import excludes_zero, paired_bootstrap
+
+
+def test_description_f1_scores_the_gold_description_1_and_each_error_less():
+    record, _ = make_sample(3, 7, image_size=84)
+    scene, gold = record["scene"], record["response"]
+    assert description_f1(gold, scene) == 1.0
+    objects = scene["objects"]
+    first = objects[0]
+    wrong_colour = "green" if first["color"] != "green" else "red"
+    item = f"{first['size']} {first['color']} {first['shape']}"
+    assert item in gold
+    assert description_f1(gold.replace(item, f"{first['size']} {wrong_colour} {first['shape']}", 1), scene) < 1.0
+    extra = gold.replace("### Rationales:", ", small purple star bottom right ### Rationales:", 1)
+    expected = 2 * len(objects) / (2 * len(objects) + 1)  # precision n/(n+1), recall 1
+    if not any((o["color"], o["shape"], o["size"], o["row"], o["col"]) == ("purple", "star", "small", 2, 2) for o in objects):
+        assert description_f1(extra, scene) == pytest.approx(expected)
+    assert description_f1(gold.replace("### Image Description:", "### Picture:"), scene) == 0.0
+
+
+def test_paired_bootstrap_sees_a_paired_difference_that_unpaired_noise_would_hide():
+    rng = np.random.default_rng(0)
+    base = (rng.random(1000) < 0.5).astype(float)
+    better = base.copy()
+    better[rng.choice(1000, 40, replace=False)] = 1.0  # a few questions flip to right
+    c = paired_bootstrap(better, base)
+    assert c["n"] == 1000 and c["diff"] == pytest.approx((better - base).mean())
+    assert excludes_zero(c) and c["ci_low"] > 0
+    same = paired_bootstrap(base, base)
+    assert (same["diff"], same["ci_low"], same["ci_high"]) == (0.0, 0.0, 0.0)
+    # three seeds against one warm-up run: pooled over seeds, the same question draw for each
+    seeds = np.stack([better, base, better])
+    pooled = paired_bootstrap(seeds, base)
+    assert pooled["seeds"] == 3 and pooled["diff"] == pytest.approx((seeds - base).mean())
+    assert pooled["ci_low"] < pooled["diff"] < pooled["ci_high"]
+    with pytest.raises(ValueError, match="different numbers of questions"):
+        paired_bootstrap(base[:10], base)
+
+
+def _answers(world, accuracy_of, f1_wrong=False):
+    path = world / "responses.jsonl"
+    lines = []
+    for qid, w in sorted(results.scenes(world / "train.jsonl").items()):
+        rec = next(r for r in map(json.loads, (world / "train.jsonl").read_text().splitlines()) if r["qid"] == qid)
+        response = rec["response"].replace("objects:", "objects: large red circle top left,") if f1_wrong else rec["response"]
+        lines.append(json.dumps({"sample_id": qid, "capability": w["capability"], "response": response,
+                                 "accuracy": accuracy_of(qid, w["capability"])}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_summary_comparisons_curves_and_report_from_real_responses(tmp_path):
+    generate_world(tmp_path, n=60, seed=5, test_fraction=0, image_size=84,
+                   mix={"reasoning": 2, "perception_coarse": 1, "perception_fine": 1})
+    world = results.scenes(tmp_path / "train.jsonl")
+    warm = results.per_question(_answers(tmp_path, lambda q, c: 0.0, f1_wrong=True), world)
+    good = results.per_question(_answers(tmp_path, lambda q, c: 1.0 if c == "reasoning" else 0.0), world)
+    assert warm["f1"].mean() < 1.0 == good["f1"].min()
+    answers = {"warmup": [warm], "stage1": [good, good], "stage2": [good, good], "single_stage_baseline": [warm, warm]}
+    signal = {"predicted_zero_adv": 0.25, "observed_per_step": [0.5, 0.25], "rewards_per_step": {"reward": [0.2, 0.4]}}
+    signals = {arm: [signal, signal] for arm in ("stage1", "stage2", "single_stage_baseline")}
+    s = results.summarise(answers, signals, {"easy": 10, "medium": 20, "hard": 10})
+    assert s["eval"]["n"] == 60 and s["eval"]["reasoning"] + s["eval"]["perception"] == 60
+    r = s["comparisons"]["stage2_vs_warmup"]["reasoning"]
+    assert (r["diff"], r["n"], r["seeds"]) == (1.0, s["eval"]["reasoning"], 2)
+    assert s["comparisons"]["two_stage_vs_baseline"]["perception"]["diff"] == 0.0
+    assert s["comparisons"]["stage1_vs_warmup"]["description_f1"]["ci_low"] > 0
+    assert s["zero_adv_observed"]["single_stage_baseline"]["mean"] == 0.375
+    assert s["observed_zero_adv"] == {"perception": 0.375, "reasoning": 0.375}
+    assert s["reward_per_step"]["stage1"] == [[0.2, 0.4], [0.2, 0.4]]
+    assert s["pool"]["degenerate"] == 0.5
+    s["seeds"] = [1, 2]
+    report = results.write_report(s, tmp_path)
+    text = report.read_text()
+    assert "| stage2_vs_warmup | " in text and "+1.000 [+1.000, +1.000]" in text
+    assert all((tmp_path / "plots" / f).stat().st_size > 1000 for f in ("reward.png", "zero_adv.png", "scores.png"))
+
+
+def test_a_missing_answer_is_refused(tmp_path):
+    generate_world(tmp_path, n=6, seed=5, test_fraction=0, image_size=84)
+    path = _answers(tmp_path, lambda q, c: 1.0)
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[1:]))
+    with pytest.raises(ValueError, match="1 questions unanswered"):
+        results.per_question(path, results.scenes(tmp_path / "train.jsonl"))
+
+
+def test_the_capability_mix_changes_only_the_mix():
+    a, _ = make_sample(0, 11, 84)
+    b, _ = make_sample(0, 11, 84, mix=None)
+    assert a == b, "the default world is the same with and without the option"
+    caps = [make_sample(4, i, 84, mix={"reasoning": 1, "perception_coarse": 0, "perception_fine": 0})[0]["capability"]
+            for i in range(20)]
+    assert set(caps) == {"reasoning"}
+    with pytest.raises(ValueError, match="capability mix"):
+        make_sample(0, 0, 84, mix={"planning": 1})
