@@ -18,10 +18,44 @@ from typing import Any
 
 import numpy as np
 
-from curate.synth import COLORS, COLS, GRID, ROWS, SHAPES, SIZES, Obj, _description
 from rewards.clip import ClipReward, extract_caption, load_image
 from rewards.text import normalise
 from schemas.io import sha256_file
+
+# The shapes world's vocabulary and description format (curate.synth; train may not import curate, and a
+# test checks these against it). `load_world` checks each description against its scene before corrupting it.
+SHAPES = ["circle", "square", "triangle", "diamond", "star"]
+COLORS = ["red", "green", "blue", "yellow", "purple"]
+SIZES = ["small", "large"]
+ROWS = ["top", "middle", "bottom"]
+COLS = ["left", "middle", "right"]
+GRID = 3
+
+
+@dataclass(frozen=True)
+class Obj:
+    """One object of a shapes scene, as a record's ``scene.objects`` lists it."""
+
+    shape: str
+    color: str
+    size: str
+    row: int
+    col: int
+
+
+def describe(objects: list[Obj]) -> str:
+    """The world's description of a scene: the caption of its gold response.
+
+    >>> describe([Obj("circle", "red", "small", 0, 0), Obj("star", "blue", "large", 1, 1)])
+    '2 objects: small red circle top left, large blue star center.'
+    """
+    def where(o: Obj) -> str:
+        return "center" if (o.row, o.col) == (1, 1) else f"{ROWS[o.row]} {COLS[o.col]}"
+
+    n = len(objects)
+    items = ", ".join(f"{o.size} {o.color} {o.shape} {where(o)}" for o in objects)
+    return f"{n} object{'' if n == 1 else 's'}: {items}."
+
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|startoftext|>", "<|unk|>"]
 """End of text (also the padding), start of text, unknown word. The end token's id is 0: CLIP pools the
@@ -79,6 +113,7 @@ def load_world(data: Path, image_root: Path | None = None) -> tuple[list[dict], 
     """One row per distinct image of a world JSONL: ``image`` (path), ``caption``, ``objects``; and the rows read.
 
     The caption is what the clip reward reads from the gold response; records without one are skipped.
+    ``objects`` is empty where the scene does not describe to the caption (no corrupted negatives then).
     """
     data = Path(data)
     root = Path(image_root) if image_root is not None else data.parent
@@ -96,10 +131,11 @@ def load_world(data: Path, image_root: Path | None = None) -> tuple[list[dict], 
                 continue
             image = str((root / images[0]).resolve())
             scene = rec.get("scene") or {}
+            objects = [Obj(**o) for o in scene.get("objects", [])]
             rows.setdefault(image, {
                 "image": image,
                 "caption": caption,
-                "objects": [Obj(**o) for o in scene.get("objects", [])],
+                "objects": objects if objects and describe(objects) == caption else [],
                 "image_size": scene.get("image_size"),
             })
     return list(rows.values()), n
@@ -137,17 +173,11 @@ def corrupt(objects: list[Obj], kind: str, rng: np.random.Generator) -> list[Obj
         if not free:
             return None
         cell = free[int(rng.integers(len(free)))]
-        colors = list(COLORS)
-        objs.append(Obj(SHAPES[int(rng.integers(len(SHAPES)))], colors[int(rng.integers(len(colors)))],
+        objs.append(Obj(SHAPES[int(rng.integers(len(SHAPES)))], COLORS[int(rng.integers(len(COLORS)))],
                         SIZES[int(rng.integers(len(SIZES)))], cell // GRID, cell % GRID))
     else:
         raise ValueError(f"unknown corruption {kind!r}; expected one of {CORRUPTIONS}")
     return sorted(objs, key=lambda p: (p.row, p.col))  # descriptions list objects in reading order
-
-
-def describe(objects: list[Obj]) -> str:
-    """The world's description of a scene (the caption of its gold response)."""
-    return _description(objects)
 
 
 def build_processor(captions: list[str], image_size: int, max_text_tokens: int):

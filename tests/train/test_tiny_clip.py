@@ -110,7 +110,7 @@ def test_same_seed_same_weights(world, tmp_path):
 
 
 def test_corrupt_changes_one_thing():
-    from curate.synth import Obj
+    from train.tiny_clip import Obj
 
     scene = [Obj("circle", "red", "small", 0, 0), Obj("star", "blue", "large", 1, 1)]
     rng = np.random.default_rng(1)
@@ -121,3 +121,14 @@ def test_corrupt_changes_one_thing():
         assert len(changed) == 2 and describe(changed) != describe(scene), kind
     with pytest.raises(ValueError):
         corrupt(scene, "texture", rng)
+
+
+def test_world_language_matches_curate(world):
+    from curate import synth
+    from train import tiny_clip
+
+    assert (tiny_clip.SHAPES, tiny_clip.COLORS, tiny_clip.SIZES) == (synth.SHAPES, list(synth.COLORS), synth.SIZES)
+    assert (tiny_clip.ROWS, tiny_clip.COLS, tiny_clip.GRID) == (synth.ROWS, synth.COLS, synth.GRID)
+    rows, n = load_world(world / "train.jsonl")
+    assert n == len(rows) == 320
+    assert all(r["objects"] and describe(r["objects"]) == r["caption"] for r in rows)  # every scene re-described exactly
