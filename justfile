@@ -34,7 +34,11 @@ test: setup vllm-env
 demo: setup
     "{{bin}}/python" -m pipelines.demo
 
-# Build (once) and cache the demo's worlds and warmed-up tiny model under runs/demo/cache
+# The demo's arms over three seeds, measured with intervals (runs/experiment/summary.json and report.md); shares the demo's cache
+experiment: setup
+    "{{bin}}/python" -m pipelines.demo --seeds 1 2 3 --out runs/experiment --cache runs/demo/cache
+
+# Build (once) and cache the demo's worlds, warmed-up tiny model and tiny CLIP model under runs/demo/cache
 demo-assets: setup
     "{{bin}}/python" -m pipelines.demo --assets-only
 

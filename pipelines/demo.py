@@ -5,8 +5,8 @@
 1. `curate synth` draws three worlds: one for warm-up SFT, one whose train split is curated, and a
    held-out evaluation world (another seed, half reasoning questions). `train init-tiny` builds the
    tiny model; `train run --stage warmup` warms it up; `train init-clip` trains the tiny CLIP-family
-   alignment model of the perception reward on the warm-up world's image/description pairs. These
-   are cached under OUT/cache/<key> (key: the recipe's sections for them), so a second run starts at 2.
+   alignment model of the perception reward on the warm-up world's image/description pairs. Each is
+   cached under OUT/cache/<name>-<key> (key: the recipe settings it depends on), so a second run starts at 2.
 2. `curate ingest` + `curate score` (n = 8, temperature 1.2) measure every train question's pass rate.
 3. `curate select` writes the perception (easy), reasoning (medium) and warm-up (hard) stage datasets.
 4. Per seed: `train run --stage perception`, then `--stage reasoning` from stage 1's model; and a
@@ -86,32 +86,40 @@ class Demo:
         return json.loads(r.stdout)
 
     # -- 1. assets (cached) ---------------------------------------------------------------
-    def assets(self) -> dict[str, Path]:
-        keyed = {k: self.recipe.get(k) for k in ("world", "warmup_world", "eval_world", "tiny", "warmup", "clip")}
+    def cached(self, name: str, keyed: dict, build) -> Path:
+        """OUT/cache/<name>-<key>, built by ``build(folder)`` unless a complete one exists (key: the
+        recipe settings it depends on, so changing one asset's settings rebuilds it and what follows it)."""
         key = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:12]
-        cache = self.cache / key
-        paths = {"world": cache / "world", "eval_world": cache / "eval_world", "warmup": cache / "warmup",
-                 "clip": cache / "clip"}
-        if (cache / "done").exists():
-            console.print(f"[green]using cached worlds, warm-up model and CLIP model in {cache}[/green]")
-            return paths
-        shutil.rmtree(cache, ignore_errors=True)
-        w, ww, ew = self.recipe["world"], self.recipe["warmup_world"], self.recipe["eval_world"]
-        self.step("synth", _argv("curate", "synth", "--out", paths["world"], "--n", w["n"], "--seed", w["seed"],
-                                 "--test-fraction", w.get("test_fraction", 0), "--image-size", w["image_size"]))
-        self.step("synth_warmup", _argv("curate", "synth", "--out", cache / "warmup_world", "--n", ww["n"],
-                                        "--seed", ww["seed"], "--test-fraction", 0, "--image-size", ww["image_size"]))
-        self.step("synth_eval", _argv("curate", "synth", "--out", paths["eval_world"], "--n", ew["n"], "--seed", ew["seed"],
-                                      "--test-fraction", 0, "--image-size", ew["image_size"], *_mix(ew.get("mix"))))
-        tiny_args = [a for k, v in (self.recipe.get("tiny") or {}).items() for a in ("--size", f"{k}={v}")]
-        self.step("init_tiny", _argv("train", "init-tiny", "--out", cache / "tiny", "--corpus",
-                                     cache / "warmup_world" / "train.jsonl", "--seed", self.recipe.get("seed", 0), *tiny_args))
-        self.step("warmup", _argv("train", "run", "--stage", "warmup", "--model", cache / "tiny", "--data",
-                                  cache / "warmup_world" / "train.jsonl", "--out", paths["warmup"], "--recipe", self.recipe_path))
-        self.step("init_clip", _argv("train", "init-clip", "--data", cache / "warmup_world" / "train.jsonl",
-                                     "--out", paths["clip"], "--recipe", self.recipe_path))
-        (cache / "done").write_text(json.dumps(keyed, indent=2))
-        return paths
+        folder = self.cache / f"{name}-{key}"
+        if (folder / ".done").exists():
+            console.print(f"[green]{name}: cached in {folder}[/green]")
+            return folder
+        shutil.rmtree(folder, ignore_errors=True)
+        build(folder)
+        (folder / ".done").write_text(json.dumps(keyed, indent=2, sort_keys=True))
+        return folder
+
+    def assets(self) -> dict[str, Path]:
+        r = self.recipe
+
+        def synth(name: str, section: dict, test_fraction: float = 0):
+            return lambda out: self.step(name, _argv(
+                "curate", "synth", "--out", out, "--n", section["n"], "--seed", section["seed"], "--test-fraction",
+                section.get("test_fraction", test_fraction), "--image-size", section["image_size"], *_mix(section.get("mix"))))
+
+        world = self.cached("world", r["world"], synth("synth", r["world"]))
+        warmup_world = self.cached("warmup_world", r["warmup_world"], synth("synth_warmup", r["warmup_world"]))
+        eval_world = self.cached("eval_world", r["eval_world"], synth("synth_eval", r["eval_world"]))
+        corpus = warmup_world / "train.jsonl"
+        tiny_args = [a for k, v in (r.get("tiny") or {}).items() for a in ("--size", f"{k}={v}")]
+        tiny_key = {"seed": r.get("seed", 0), "tiny": r.get("tiny"), "corpus": r["warmup_world"]}
+        tiny = self.cached("tiny", tiny_key, lambda out: self.step("init_tiny", _argv(
+            "train", "init-tiny", "--out", out, "--corpus", corpus, "--seed", r.get("seed", 0), *tiny_args)))
+        warmup = self.cached("warmup", {**tiny_key, "warmup": r["warmup"]}, lambda out: self.step("warmup", _argv(
+            "train", "run", "--stage", "warmup", "--model", tiny, "--data", corpus, "--out", out, "--recipe", self.recipe_path)))
+        clip = self.cached("clip", {"clip": r.get("clip"), "data": r["warmup_world"]}, lambda out: self.step("init_clip", _argv(
+            "train", "init-clip", "--data", corpus, "--out", out, "--recipe", self.recipe_path)))
+        return {"world": world, "eval_world": eval_world, "warmup": warmup, "clip": clip}
 
     # -- 2..5 ------------------------------------------------------------------------------
     def run(self, assets: dict[str, Path]) -> dict:
@@ -140,7 +148,7 @@ class Demo:
         models, ev, tag = self.out / f"seed-{seed}" / "models", self.out / f"seed-{seed}" / "eval", f"[seed {seed}]"
         self.step(f"stage1 {tag}", _argv("train", "run", "--stage", "perception", "--model", warm, "--data",
                                          stages / "perception", "--out", models / "stage1", "--recipe", self.recipe_path,
-                                         "--set", f"seed={seed}", "--set", f"rewards.clip_model_path={clip}"))
+                                         "--set", f"seed={seed}", *_sets(_clip_rewards(clip))))
         self.step(f"eval_stage1 {tag}", self._eval(models / "stage1", ev, "stage1"))
         self.step(f"stage2 {tag}", _argv("train", "run", "--stage", "reasoning", "--model", models / "stage1",
                                          "--data", stages / "reasoning", "--out", models / "stage2",
@@ -186,6 +194,12 @@ class Demo:
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
         results.write_report(summary, self.out)
         return summary
+
+
+def _clip_rewards(clip: Path) -> dict:
+    """The clip reward's settings for the demo's CLIP model, from its run record (path, threshold, sizes)."""
+    record = json.loads((clip / "pebr_clip.json").read_text())
+    return {f"rewards.{k}": v for k, v in record["reward_config"].items()}
 
 
 def _rollouts(model_dir: Path) -> int:

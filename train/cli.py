@@ -1,4 +1,4 @@
-"""The `train` command line: warm-up SFT, two-stage GRPO, evaluation and the tiny offline model.
+"""The `train` command line: warm-up SFT, two-stage GRPO, evaluation, and the tiny offline VLM and CLIP models.
 
 Heavy libraries (torch, transformers, TRL) are imported inside the commands that need them.
 """
@@ -74,6 +74,59 @@ def init_tiny(
             raise PebrError(f"--size: {exc}") from None
     name = {"qwen2_vl": "Qwen2-VL", "qwen2_5_vl": "Qwen2.5-VL"}[arch]
     console().print(f"tiny {name} written to [bold]{esc(path)}[/bold]")
+
+
+@app.command("init-clip")
+def init_clip(
+    data: Annotated[Path, typer.Option(help="World JSONL from `curate synth` (images, gold response, scene).")],
+    out: Annotated[Path, typer.Option(help="Directory to write the model to.", callback=folder_option("--out"))],
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the weights, the held-out split, the batches and the negatives.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Passes over the training images.")] = None,
+    image_root: Annotated[Optional[Path], typer.Option(help="Folder image paths are relative to (default: the data file's).")] = None,
+    recipe: Annotated[Optional[Path], typer.Option(help="Recipe YAML: its `clip` section gives the settings; flags override them.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a TinyClipConfig field: key=value (repeatable).")] = None,
+) -> None:
+    """Train a tiny CLIP (offline, CPU minutes) on a shapes world for the clip reward; writes pebr_clip.json.
+
+    The run record holds held-out similarities and the reward settings to use with the model
+    (``reward_config``: clip_model_path, clip_threshold, clip_image_size, clip_text_max_tokens).
+
+    Example: train init-clip --data world/train.jsonl --out models/tiny_clip
+    """
+    import json
+
+    from schemas.config import (
+        build,
+        load_recipe,
+        merge,
+        parse_overrides,
+        recipe_section,
+    )
+    from schemas.errors import PebrError
+    from train.tiny_clip import TinyClipConfig, train_tiny_clip
+
+    if not data.is_file():
+        raise PebrError(f"--data {data}: no such file")
+    flags = {k: v for k, v in {"seed": seed, "epochs": epochs}.items() if v is not None}
+    cfg = build(TinyClipConfig, merge(merge(recipe_section(load_recipe(recipe), "clip"), parse_overrides(set_ or [])), flags),
+                "clip")
+    bar = progress_bar(unit="steps")
+    tasks: dict[str, int] = {}
+
+    def progress(phase: str, done: int, total: int) -> None:
+        if phase not in tasks:
+            tasks[phase] = bar.add_task(phase, total=total)
+        bar.update(tasks[phase], completed=done)
+
+    with bar:
+        try:
+            record = train_tiny_clip(data, out, cfg, image_root=image_root, progress=progress)
+        except (ValueError, FileNotFoundError) as exc:
+            raise PebrError(f"--data {data}: {exc}") from None
+    sim = record["similarity"]
+    console().print(f"tiny CLIP written to [bold]{esc(out)}[/bold] in {record['seconds']['total']:.0f} s; held-out "
+                    f"similarity {sim['matching']['mean']:.2f} (shuffled {sim['shuffled']['mean']:.2f}); reward settings: "
+                    + esc(json.dumps(record["reward_config"])))
 
 
 @app.command()

@@ -13,6 +13,7 @@ the rewards read (`answer`, `key_words`, ...).
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,8 +42,9 @@ def _records(path: Path) -> tuple[list[dict], Path, dict | None]:
     if path.is_dir():
         manifest_path = path / "manifest.json"
         manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
-        # A stage dataset's manifest lists its Parquet shards in order; other folders: every Parquet file.
-        listed = [path / name for name in (manifest or {}).get("files", {}) if name.endswith(".parquet")]
+        # A stage dataset's manifest lists its shards in order (beside select_drops.parquet and format extras);
+        # other folders: every Parquet file.
+        listed = [path / name for name in (manifest or {}).get("files", {}) if fnmatch.fnmatch(name, STAGE_SHARDS)]
         if not listed and any(path.glob(STAGE_SHARDS)):
             raise PebrError(f"{path}: Parquet shards without manifest.json, an unfinished `curate select`; select the stage again")
         files = listed or sorted(path.glob("*.parquet"))

@@ -138,6 +138,11 @@ def test_every_setting_of_a_shipped_recipe_is_a_known_field(name):
             if not isinstance(value, dict):  # a nested setting may become its own typed object
                 assert getattr(cfg, key) == value, f"{name}: {stage}.{key}"
     EvalConfig(**recipe["eval"])
+    if "clip" in recipe:  # the demo's tiny CLIP model (train init-clip)
+        from schemas.config import build
+        from train.tiny_clip import TinyClipConfig
+
+        build(TinyClipConfig, recipe["clip"])
     if "baseline" in recipe:
         assert stage_config("reasoning", recipe, recipe["baseline"]).stage == "reasoning"
 

@@ -75,9 +75,12 @@ def test_stage_dataset_in_manifest_order_with_its_own_prompt(tmp_path):
     embedded = {"bytes": png_bytes(BLUE, (40, 30)), "path": "images/cd/blue.png"}  # --images embed
     out = tmp_path / "stage"
     manifest = write_stage(out, [[stage_row(0, path_image), stage_row(1, embedded)], [stage_row(2, path_image, capability=None)]],
-                           extra_files={"sharegpt/warmup.json": {"sha256": "1" * 64}})
+                           extra_files={"sharegpt/warmup.json": {"sha256": "1" * 64},
+                                        "select_drops.parquet": {"sha256": "2" * 64}})
     # a Parquet file the manifest does not list is not part of the dataset
     pq.write_table(pa.Table.from_pylist([stage_row(9, path_image)], schema=STAGE_SCHEMA), out / "stray.parquet")
+    # nor is the selection's account of what it left out, which the manifest lists beside the shards
+    pq.write_table(pa.table({"sample_id": ["x"], "step": ["band"], "reason": ["not medium"]}), out / "select_drops.parquet")
     ds, report = load_rl(out)
     assert ds["sample_id"] == ["s0", "s1", "s2"]
     assert (report.rows, report.skipped, report.source, report.manifest) == (3, {}, str(out), manifest)

@@ -132,3 +132,21 @@ def test_world_language_matches_curate(world):
     rows, n = load_world(world / "train.jsonl")
     assert n == len(rows) == 320
     assert all(r["objects"] and describe(r["objects"]) == r["caption"] for r in rows)  # every scene re-described exactly
+
+
+def test_the_command_reads_the_recipe_and_prints_the_reward_settings(world, tmp_path):
+    import subprocess
+    import sys
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("clip:\n  epochs: 1\n  seed: 4\n  hidden_size: 64\n  intermediate_size: 128\n  num_heads: 2\n")
+    out = tmp_path / "clip"
+    r = subprocess.run([sys.executable, "-m", "train.cli", "init-clip", "--data", world / "train.jsonl", "--out", out,
+                        "--recipe", recipe, "--set", "projection_dim=32"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    record = json.loads((out / RECORD_NAME).read_text())
+    assert (record["seed"], record["config"]["epochs"], record["config"]["projection_dim"]) == (4, 1, 32)
+    assert record["reward_config"]["clip_model_path"] == str(out.resolve()) and "clip_threshold" in r.stdout + r.stderr
+    bad = subprocess.run([sys.executable, "-m", "train.cli", "init-clip", "--data", world / "train.jsonl",
+                          "--out", tmp_path / "bad", "--set", "epoch=1"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "unknown setting(s) ['epoch']" in bad.stderr and "Traceback" not in bad.stderr
