@@ -130,20 +130,16 @@ class Demo:
             shutil.rmtree(d, ignore_errors=True)
         self.step("ingest", _argv("curate", "ingest", world / "train.jsonl", "--image-root", world, "--store", store))
         self.step("score", _argv("curate", "score", "--model", warm, "--recipe", self.recipe_path, "--store", store))
-        bands = {r["band"]: r["n"] for r in self.sql(store, "select band, count(*) as n from difficulty group by band")}
-        by_cap = self.sql(store, "select s.capability, d.band, count(*) as n from difficulty d join samples s "
-                                 "using (sample_id) group by all order by all")
         for stage in ("perception", "reasoning", "warmup"):
             self.step(f"select_{stage}", _argv("curate", "select", "--stage", stage, "--out", stages / stage,
                                                "--seed", self.recipe.get("seed", 0), "--store", store))
         self.step("eval_warmup", self._eval(warm, self.out / "eval", "warmup"))
-        rollouts = {}
         for seed in self.seeds:
-            rollouts[seed] = self.arms(seed, stages)
-        return self.summary(bands, by_cap, rollouts)
+            self.arms(seed, stages)
+        return self.summary()
 
-    def arms(self, seed: int, stages: Path) -> dict[str, int]:
-        """Stage 1, stage 2 and the baseline with ``seed``, each evaluated; the rollouts each used."""
+    def arms(self, seed: int, stages: Path) -> None:
+        """Stage 1, stage 2 and the baseline with ``seed``, each evaluated."""
         warm, world, clip = self.assets_["warmup"], self.assets_["world"], self.assets_["clip"]
         models, ev, tag = self.out / f"seed-{seed}" / "models", self.out / f"seed-{seed}" / "eval", f"[seed {seed}]"
         self.step(f"stage1 {tag}", _argv("train", "run", "--stage", "perception", "--model", warm, "--data",
@@ -163,15 +159,25 @@ class Demo:
                                            "--recipe", self.recipe_path,
                                            *_sets({**base, "max_steps": steps, "epochs": 1000, "seed": seed})))
         self.step(f"eval_baseline {tag}", self._eval(models / "single_stage_baseline", ev, "single_stage_baseline"))
-        return {"two_stage": two_stage, "single_stage_baseline": _rollouts(models / "single_stage_baseline")}
 
     def _eval(self, model: Path, folder: Path, name: str) -> list[str]:
         return _argv("train", "eval", "--model", model, "--data", self.assets_["eval_world"] / "train.jsonl",
                      "--json", folder / f"{name}.json", "--responses", folder / f"{name}.jsonl",
                      "--recipe", self.recipe_path)
 
-    def summary(self, bands: dict, by_cap: list[dict], rollouts: dict[int, dict]) -> dict:
+    def summary(self) -> dict:
+        """OUT/summary.json and OUT/report.md from what the run left on disk (also `--report-only`)."""
         from pipelines import results
+
+        store = self.out / "store"
+        bands = {r["band"]: r["n"] for r in self.sql(store, "select band, count(*) as n from difficulty group by band")}
+        by_cap = self.sql(store, "select s.capability, d.band, count(*) as n from difficulty d join samples s "
+                                 "using (sample_id) group by all order by all")
+        rollouts = {}
+        for s in self.seeds:
+            models = self.out / f"seed-{s}" / "models"
+            rollouts[s] = {"two_stage": _rollouts(models / "stage1") + _rollouts(models / "stage2"),
+                           "single_stage_baseline": _rollouts(models / "single_stage_baseline")}
 
         scenes = results.scenes(self.assets_["eval_world"] / "train.jsonl")
         answers = {"warmup": [results.per_question(self.out / "eval" / "warmup.jsonl", scenes)]}
@@ -179,7 +185,8 @@ class Demo:
         for arm in ARMS:
             answers[arm] = [results.per_question(self.out / f"seed-{s}" / "eval" / f"{arm}.jsonl", scenes)
                             for s in self.seeds]
-            signals[arm] = [json.loads((self.out / f"seed-{s}" / "models" / arm / "signal.json").read_text())
+            signals[arm] = [{**json.loads((self.out / f"seed-{s}" / "models" / arm / "signal.json").read_text()),
+                             "updates": results.update_curves(self.out / f"seed-{s}" / "models" / arm)}
                             for s in self.seeds]
         first = rollouts[self.seeds[0]]
         summary = {
@@ -233,6 +240,9 @@ def show(summary: dict) -> None:
     for s in ("perception", "reasoning"):
         console.print(f"zero-advantage groups, {s}: predicted {fmt(summary['predicted_zero_adv'][s])}, "
                       f"observed {fmt(summary['observed_zero_adv'][s])}")
+    for arm, u in summary.get("updates", {}).items():
+        console.print(f"{arm}: {u['updates']} updates, KL at the end {fmt(u['kl_last'])}, "
+                      f"tokens clipped {fmt(u['clip_ratio_mean'])}")
     console.print(f"rollouts per seed: two-stage {summary['rollouts']['two_stage']}, "
                   f"baseline {summary['rollouts']['single_stage_baseline']}")
     console.print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in summary["seconds"].items()) +
@@ -245,6 +255,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     p.add_argument("--seeds", type=int, nargs="+", help="RL seeds, one run of every arm each (default: the recipe's rl_seed)")
     p.add_argument("--cache", type=Path, help="where the worlds, warm-up and CLIP models are cached (default OUT/cache)")
+    p.add_argument("--report-only", action="store_true",
+                   help="only rewrite OUT/summary.json and OUT/report.md from a finished run's outputs")
     p.add_argument("--assets-only", action="store_true", help="only build (and cache) the worlds and the warm-up and CLIP models")
     args = p.parse_args()
     demo = Demo(args.recipe, args.out, args.seeds, args.cache)
@@ -252,7 +264,13 @@ def main() -> None:
     assets = demo.assets()
     if args.assets_only:
         return
-    summary = demo.run(assets)
+    if args.report_only:
+        demo.assets_ = assets
+        previous = args.out / "summary.json"
+        demo.seconds = json.loads(previous.read_text()).get("seconds", {}) if previous.is_file() else {}
+        summary = demo.summary()
+    else:
+        summary = demo.run(assets)
     show(summary)
     console.print(f"whole run: {time.monotonic() - started:.0f} s; summary in [bold]{args.out / 'summary.json'}[/bold], "
                   f"report in [bold]{args.out / 'report.md'}[/bold]")

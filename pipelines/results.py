@@ -110,12 +110,39 @@ def summarise(answers: dict[str, list[dict]], signals: dict[str, list[dict]], ba
         "zero_adv_observed": zero_adv,
         "reward_per_step": {arm: [(s.get("rewards_per_step") or {}).get("reward", []) for s in runs]
                             for arm, runs in signals.items()},
+        # per optimizer update (several per rollout batch): is the policy moving, and do the clips act?
+        "updates": {arm: {"updates": sum(len(s.get("updates", {}).get("kl", [])) for s in runs),
+                          "kl_last": _mean([s["updates"]["kl"][-1] for s in runs if s.get("updates", {}).get("kl")]),
+                          "clip_ratio_mean": _mean([x for s in runs for x in s.get("updates", {}).get("clip_ratio", [])])}
+                    for arm, runs in signals.items()},
         # the keys of the one-seed demo: stage 1 is the perception stage, stage 2 the reasoning stage
         "predicted_zero_adv": {"perception": zero_adv.get("stage1", {}).get("predicted"),
                                "reasoning": zero_adv.get("stage2", {}).get("predicted")},
         "observed_zero_adv": {"perception": zero_adv.get("stage1", {}).get("mean"),
                               "reasoning": zero_adv.get("stage2", {}).get("mean")},
     }
+
+
+def update_curves(model_dir: Path) -> dict[str, list[float]]:
+    """What TRL logged per optimizer update of a GRPO run (its TensorBoard events): the KL to the
+    reference, and the share of tokens whose ratio the clip (``region``: either side) or the dual clip cut."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = {"kl": "train/kl", "clip_ratio": "train/clip_ratio/region_mean", "clip_low": "train/clip_ratio/low_mean",
+            "clip_high": "train/clip_ratio/high_mean"}
+    out: dict[str, list[float]] = {k: [] for k in tags}
+    for events in sorted(Path(model_dir).glob("runs/*")):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        have = set(acc.Tags().get("scalars", []))
+        for key, tag in tags.items():
+            if tag in have:
+                out[key] += [e.value for e in acc.Scalars(tag)]
+    return out
+
+
+def _fmt(v: float | None, digits: int = 3) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
 
 
 def _mean(xs: list[float]) -> float | None:
@@ -180,6 +207,10 @@ def write_report(summary: dict, out: Path) -> Path:
               "| comparison | perception acc | reasoning acc | description F1 |", "|---|---:|---:|---:|"]
     for key, c in summary["comparisons"].items():
         lines.append(f"| {key} | " + " | ".join(fmt_comparison(c[m]) for m in METRICS) + " |")
+    lines += ["", "GRPO updates per arm (all seeds): how far the policy moved and how often the clips acted:", "",
+              "| arm | updates | KL at the end | tokens clipped (mean share) |", "|---|---:|---:|---:|"]
+    for arm, u in summary.get("updates", {}).items():
+        lines.append(f"| {arm} | {u['updates']} | {_fmt(u['kl_last'])} | {_fmt(u['clip_ratio_mean'], 4)} |")
     lines += ["", "![scores](plots/scores.png)", "", "![training reward](plots/reward.png)", "",
               "![zero-advantage groups](plots/zero_adv.png)", ""]
     path = out / "report.md"

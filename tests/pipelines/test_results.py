@@ -61,7 +61,7 @@ def _answers(world, accuracy_of, f1_wrong=False):
     return path
 
 
-def test_summary_comparisons_curves_and_report_from_real_responses(tmp_path):
+def test_summary_comparisons_curves_and_report_from_real_responses(tmp_path, monkeypatch):
     generate_world(tmp_path, n=60, seed=5, test_fraction=0, image_size=84,
                    mix={"reasoning": 2, "perception_coarse": 1, "perception_fine": 1})
     world = results.scenes(tmp_path / "train.jsonl")
@@ -70,7 +70,8 @@ def test_summary_comparisons_curves_and_report_from_real_responses(tmp_path):
     assert warm["f1"].mean() < 1.0 == good["f1"].min()
     answers = {"warmup": [warm], "stage1": [good, good], "stage2": [good, good], "single_stage_baseline": [warm, warm]}
     signal = {"predicted_zero_adv": 0.25, "observed_per_step": [0.5, 0.25], "rewards_per_step": {"reward": [0.2, 0.4]}}
-    signals = {arm: [signal, signal] for arm in ("stage1", "stage2", "single_stage_baseline")}
+    signals = {arm: [signal, {**signal, "updates": {"kl": [0.01, 0.03], "clip_ratio": [0.0, 0.02]}}]
+               for arm in ("stage1", "stage2", "single_stage_baseline")}
     s = results.summarise(answers, signals, {"easy": 10, "medium": 20, "hard": 10})
     assert s["eval"]["n"] == 60 and s["eval"]["reasoning"] + s["eval"]["perception"] == 60
     r = s["comparisons"]["stage2_vs_warmup"]["reasoning"]
@@ -81,11 +82,23 @@ def test_summary_comparisons_curves_and_report_from_real_responses(tmp_path):
     assert s["observed_zero_adv"] == {"perception": 0.375, "reasoning": 0.375}
     assert s["reward_per_step"]["stage1"] == [[0.2, 0.4], [0.2, 0.4]]
     assert s["pool"]["degenerate"] == 0.5
+    assert s["updates"]["stage2"] == {"updates": 2, "kl_last": 0.03, "clip_ratio_mean": 0.01}
     s["seeds"] = [1, 2]
     report = results.write_report(s, tmp_path)
     text = report.read_text()
     assert "| stage2_vs_warmup | " in text and "+1.000 [+1.000, +1.000]" in text
+    assert "| stage2 | 2 | 0.030 | 0.0100 |" in text
     assert all((tmp_path / "plots" / f).stat().st_size > 1000 for f in ("reward.png", "zero_adv.png", "scores.png"))
+    # the table the demo ends with
+    from rich.console import Console
+
+    from pipelines import demo
+
+    s.update(rollouts={"two_stage": 640, "single_stage_baseline": 640}, seconds={"score": 60.0})
+    monkeypatch.setattr(demo, "console", Console(record=True, width=200))
+    demo.show(s)
+    shown = demo.console.export_text()
+    assert "stage2_vs_warmup" in shown and "+1.000 [+1.000, +1.000]" in shown and "easy or hard: 50%" in shown
 
 
 def test_a_missing_answer_is_refused(tmp_path):
