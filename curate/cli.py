@@ -432,7 +432,7 @@ def select(
               f"({shards} Parquet shard{'s' if shards > 1 else ''})")
     err.print("  by capability: " + ", ".join(f"{esc(k)} {v:,}" for k, v in r.by_capability.items()), highlight=False)
     if z is not None:
-        err.print(f"  predicted zero-advantage groups at G={group_size}: {z:.2f} ({esc(r.zero_advantage['predicted_basis'])})",
+        err.print(f"  predicted zero-advantage groups at G={r.zero_advantage['group_size']}: {z:.2f} ({esc(r.zero_advantage['predicted_basis'])})",
                   highlight=False, soft_wrap=True)
     if r.skipped_no_response:
         err.print(f"[yellow]  {r.skipped_no_response} sample(s) without a gold response left out of {esc(fmt)}[/yellow]")

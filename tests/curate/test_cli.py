@@ -94,6 +94,7 @@ def test_a_recipe_section_gives_the_settings_and_flags_override_it(tmp_path):
     assert r.returncode == 0, r.stderr
     options = json.loads((tmp_path / "s" / "manifest.json").read_text())["options"]
     assert (options["seed"], options["group_size"], options["hard_max"]) == (9, 4, 0.25)  # the flag beats the recipe
+    assert "predicted zero-advantage groups at G=4:" in " ".join(r.stderr.split()), "the group size used, not the flag's None"
     recipe.write_text("select:\n  seeds: 7\n")
     r = run("curate.cli", "select", "--stage", "reasoning", "--out", str(tmp_path / "t"), "--recipe", str(recipe),
             "--store", str(store.root))
