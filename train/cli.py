@@ -238,6 +238,8 @@ def eval_(
                  seed=seed, format_prompt=str(format_prompt) if format_prompt else None)
     cfg = stage_config("eval", load_recipe(recipe),
                        merge(parse_overrides(set_ or []), {k: v for k, v in flags.items() if v is not None}))
+    if responses:
+        responses.parent.mkdir(parents=True, exist_ok=True)
     with progress_bar(unit="prompts") as bar:
         task = bar.add_task("eval", total=None)
 

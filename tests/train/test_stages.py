@@ -135,3 +135,17 @@ def test_a_missing_image_is_one_clear_error(tmp_path):
     (tmp_path / "d.jsonl").write_text(json.dumps(rec) + "\n")
     with pytest.raises(PebrError, match="gone.png not found"):
         load_rl(tmp_path / "d.jsonl")
+
+
+def test_the_eval_command_writes_its_json_and_responses_into_new_folders(tmp_path, tiny_model, world):
+    import subprocess
+    import sys
+
+    out = tmp_path / "runs" / "eval"  # neither folder exists yet
+    r = subprocess.run([sys.executable, "-m", "train.cli", "eval", "--model", tiny_model, "--data", world / "test.jsonl",
+                        "--limit", "3", "--max-new-tokens", "4", "--json", out / "m.json", "--responses", out / "m.jsonl"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "m.json").read_text())["n"] == 3
+    got = [json.loads(x) for x in (out / "m.jsonl").read_text().splitlines()]
+    assert len(got) == 3 and {"sample_id", "response", "accuracy", "capability"} <= set(got[0])
