@@ -141,7 +141,7 @@ class Demo:
     def arms(self, seed: int, stages: Path) -> None:
         """Stage 1, stage 2 and the baseline with ``seed``, each evaluated."""
         warm, world, clip = self.assets_["warmup"], self.assets_["world"], self.assets_["clip"]
-        models, ev, tag = self.out / f"seed-{seed}" / "models", self.out / f"seed-{seed}" / "eval", f"[seed {seed}]"
+        models, ev, tag = self.out / f"seed-{seed}" / "models", self.out / f"seed-{seed}" / "eval", f"(seed {seed})"
         self.step(f"stage1 {tag}", _argv("train", "run", "--stage", "perception", "--model", warm, "--data",
                                          stages / "perception", "--out", models / "stage1", "--recipe", self.recipe_path,
                                          "--set", f"seed={seed}", *_sets(_clip_rewards(clip))))
