@@ -30,7 +30,7 @@ vllm-env:
 test: setup vllm-env
     "{{bin}}/python" -m pytest
 
-# Set up and run the whole method on the embedded shapes world (summary in runs/demo/summary.json)
+# Set up and run the whole method on the embedded shapes world (runs/demo/summary.json and report.md)
 demo: setup
     "{{bin}}/python" -m pipelines.demo
 
