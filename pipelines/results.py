@@ -166,7 +166,8 @@ def write_report(summary: dict, out: Path) -> Path:
         for arm, per_seed in summary[key].items():
             series = per_seed["per_step"] if key == "zero_adv_observed" else per_seed
             for i, ys in enumerate(series):
-                ax.plot(range(1, len(ys) + 1), ys, color=colours.get(arm), alpha=0.8, label=arm if i == 0 else None)
+                ax.plot(range(1, len(ys) + 1), ys, color=colours.get(arm), alpha=0.8, marker="o", markersize=3,
+                        label=arm if i == 0 else None)
         ax.set_xlabel("rollout batch")
         ax.set_title(title)
         ax.legend(fontsize=8)
