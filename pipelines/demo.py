@@ -41,7 +41,6 @@ console = Console(stderr=True)
 ARMS = ("stage1", "stage2", "single_stage_baseline")
 """The models trained per seed; ``warmup`` is trained once."""
 MODELS = ("warmup", *ARMS)
-PERCEPTION = ("perception_coarse", "perception_fine")
 
 
 def _argv(tool: str, *args) -> list[str]:

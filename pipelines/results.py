@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.compare import fmt_comparison, paired_bootstrap
+from schemas import CAPABILITIES
 
-PERCEPTION = ("perception_coarse", "perception_fine")
+PERCEPTION = tuple(c for c in CAPABILITIES if c.startswith("perception"))
 COMPARISONS = {
     "stage1_vs_warmup": ("stage1", "warmup"),
     "stage2_vs_warmup": ("stage2", "warmup"),
@@ -24,7 +25,8 @@ COMPARISONS = {
     "baseline_vs_warmup": ("single_stage_baseline", "warmup"),
 }
 """Each comparison: (model, minus this model)."""
-VS_WARMUP = {"stage1": "stage1_vs_warmup", "stage2": "stage2_vs_warmup", "single_stage_baseline": "baseline_vs_warmup"}
+VS_WARMUP = {model: key for key, (model, minus) in COMPARISONS.items() if minus == "warmup"}
+"""The comparison of each trained model with the warm-up model (the report's error bars)."""
 METRICS = ("perception", "reasoning", "description_f1")
 
 
