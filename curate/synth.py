@@ -592,3 +592,38 @@ def description_f1(response: str, scene: dict) -> float:
         return 0.0
     precision, recall = hits / sum(named.values()), hits / sum(truth.values())
     return 2 * precision * recall / (precision + recall)
+
+
+ATTRIBUTES = ("count", "size", "colour", "shape", "cell")
+"""What `description_attributes` scores: the number of objects named, and each object's four attributes."""
+
+
+def description_attributes(response: str, scene: dict) -> dict[str, float]:
+    """Which attributes of the scene a response's image description gets right, one by one.
+
+    ``count``: 1.0 when the description names as many objects as the scene holds. ``size``, ``colour``,
+    ``shape``, ``cell``: the share of the scene's objects (in reading order, the order descriptions use)
+    whose attribute the description's object at the same place names right; an object the description
+    leaves out counts as wrong. Chance, for a model that cannot see the attribute: 1/2 for size, 1/5 for
+    colour and shape. Unlike `description_f1`, this says what a model perceives when it rarely gets a
+    whole object right.
+
+    >>> scene = {"objects": [{"shape": "circle", "color": "red", "size": "small", "row": 0, "col": 0},
+    ...                      {"shape": "star", "color": "blue", "size": "large", "row": 1, "col": 1}]}
+    >>> description_attributes("### Image Description: 2 objects: small red square top left, "
+    ...                        "large blue star top right.\\n### Rationales: x", scene)
+    {'count': 1.0, 'size': 1.0, 'colour': 1.0, 'shape': 0.5, 'cell': 0.5}
+    >>> description_attributes("no sections at all", scene)["colour"]
+    0.0
+    """
+    from rewards.clip import extract_caption
+
+    named = [m.groups() for m in _ITEM_RE.finditer(extract_caption(response))]
+    truth = [Obj(**o) for o in scene["objects"]]
+    right = dict.fromkeys(ATTRIBUTES[1:], 0)
+    for o, (size, color, shape, where) in zip(truth, named):
+        right["size"] += size.lower() == o.size
+        right["colour"] += color.lower() == o.color
+        right["shape"] += shape.lower() == o.shape
+        right["cell"] += " ".join(where.lower().split()) == o.where
+    return {"count": float(len(named) == len(truth)), **{k: v / len(truth) for k, v in right.items()}}

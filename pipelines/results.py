@@ -9,6 +9,7 @@ answer's accuracy and the description F1 of its response against the stored scen
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,14 @@ def per_question(responses_jsonl: Path, world: dict[str, dict]) -> dict[str, np.
 
     Every question of ``world`` must have exactly one response: a comparison pairs questions.
     """
-    from curate.synth import description_f1
+    from curate.synth import (
+        ATTRIBUTES,
+        SHAPES,
+        described_objects,
+        description_attributes,
+        description_f1,
+    )
+    from rewards.clip import extract_caption
 
     rows = {}
     with open(responses_jsonl, encoding="utf-8") as f:
@@ -58,11 +66,18 @@ def per_question(responses_jsonl: Path, world: dict[str, dict]) -> dict[str, np.
         raise ValueError(f"{responses_jsonl}: {len(set(world) - set(rows))} questions unanswered, "
                          f"{len(set(rows) - set(world))} not in the evaluation world")
     qids = sorted(rows)
+    attrs = [description_attributes(rows[q]["response"], world[q]["scene"]) for q in qids]
+    named = Counter()
+    for q in qids:
+        for (_, _, shape, _), k in described_objects(extract_caption(rows[q]["response"])).items():
+            named[shape] += k
     return {
         "qid": np.array(qids),
         "capability": np.array([world[q]["capability"] for q in qids]),
         "accuracy": np.array([float(rows[q]["accuracy"]) for q in qids]),
         "f1": np.array([description_f1(rows[q]["response"], world[q]["scene"]) for q in qids]),
+        "attributes": {k: np.array([a[k] for a in attrs]) for k in ATTRIBUTES},
+        "shapes_named": {shape: named[shape] for shape in SHAPES},
     }
 
 
@@ -108,6 +123,13 @@ def summarise(answers: dict[str, list[dict]], signals: dict[str, list[dict]], ba
                             "by_seed": {m: metric(answers[name], m).mean(axis=1).tolist() for m in ("perception", "reasoning")}}
                      for name, v in means.items()},
         "description_f1": {name: v["description_f1"] for name, v in means.items()},
+        # what each model's descriptions get right attribute by attribute (curate.synth.description_attributes)
+        "description_attributes": {name: {k: float(np.mean([r["attributes"][k] for r in runs])) for k in runs[0]["attributes"]}
+                                   for name, runs in answers.items()},
+        # the share of each shape among the objects a model's descriptions name (pooled over seeds): a model that
+        # cannot see shapes guesses them, and RL on a reward it cannot tie to them drifts that guess
+        "shapes_named": {name: _shares(sum((Counter(r["shapes_named"]) for r in runs), Counter()), runs[0]["shapes_named"])
+                         for name, runs in answers.items()},
         "comparisons": comparisons,
         "zero_adv_observed": zero_adv,
         "reward_per_step": {arm: [(s.get("rewards_per_step") or {}).get("reward", []) for s in runs]
@@ -145,6 +167,11 @@ def update_curves(model_dir: Path) -> dict[str, list[float]]:
 
 def _fmt(v: float | None, digits: int = 3) -> str:
     return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def _shares(counts: Counter, keys) -> dict[str, float | None]:
+    total = sum(counts.values())
+    return {k: counts[k] / total if total else None for k in keys}
 
 
 def _mean(xs: list[float]) -> float | None:
@@ -206,6 +233,19 @@ def write_report(summary: dict, out: Path) -> Path:
         a = summary["accuracy"][n]
         lines.append(f"| {n} | {a['perception']:.3f} | {a['reasoning']:.3f} | {summary['description_f1'][n]:.3f} | "
                      f"{'' if z is None else f'{z:.3f}'} |")
+    attrs = summary.get("description_attributes", {})
+    if attrs:
+        names = list(next(iter(attrs.values())))
+        lines += ["", "What the descriptions get right (`curate.synth.description_attributes`: the number of objects, "
+                  "and per object in reading order its size, colour, shape and cell; chance 1/2 for size, 1/5 for "
+                  "colour and shape):", "", "| model | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+        lines += [f"| {n} | " + " | ".join(f"{a[k]:.3f}" for k in names) + " |" for n, a in attrs.items()]
+    shapes = summary.get("shapes_named", {})
+    if shapes:
+        names = list(next(iter(shapes.values())))
+        lines += ["", "Shapes the descriptions name (share of the objects named; the world draws each shape 1/5 of the time):",
+                  "", "| model | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+        lines += [f"| {n} | " + " | ".join(_fmt(a[k], 2) for k in names) + " |" for n, a in shapes.items()]
     lines += ["", "Differences, mean over seeds and questions, with paired-bootstrap 95% intervals:", "",
               "| comparison | perception acc | reasoning acc | description F1 |", "|---|---:|---:|---:|"]
     for key, c in summary["comparisons"].items():

@@ -4,11 +4,19 @@ and its report page, and the capability mix of the evaluation world."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
 
-from curate.synth import description_f1, generate_world, make_sample
+from curate.synth import (
+    ATTRIBUTES,
+    SHAPES,
+    description_attributes,
+    description_f1,
+    generate_world,
+    make_sample,
+)
 from pipelines import results
 from pipelines.compare import excludes_zero, paired_bootstrap
 
@@ -28,6 +36,24 @@ def test_description_f1_scores_the_gold_description_1_and_each_error_less():
     assert ("purple", "star", "small", 2, 2) not in {(o["color"], o["shape"], o["size"], o["row"], o["col"]) for o in objects}
     assert description_f1(extra, scene) == pytest.approx(expected)
     assert description_f1(gold.replace("### Image Description:", "### Picture:"), scene) == 0.0
+
+
+def test_description_attributes_score_each_attribute_of_each_object_on_its_own():
+    record, _ = make_sample(3, 7, image_size=84)
+    scene, gold = record["scene"], record["response"]
+    n = len(scene["objects"])
+    assert description_attributes(gold, scene) == dict.fromkeys(ATTRIBUTES, 1.0)
+    first = scene["objects"][0]
+    other = next(s for s in ("circle", "square", "triangle") if s != first["shape"])
+    item = f"{first['size']} {first['color']} {first['shape']}"
+    wrong_shape = description_attributes(gold.replace(item, f"{first['size']} {first['color']} {other}", 1), scene)
+    assert wrong_shape == {**dict.fromkeys(ATTRIBUTES, 1.0), "shape": pytest.approx(1 - 1 / n)}
+    # one object left out: the count is wrong and so is every attribute of the object not named
+    if n > 1:
+        dropped = gold.replace(f", {scene['objects'][-1]['size']} {scene['objects'][-1]['color']}", " and", 1)
+        left_out = description_attributes(dropped, scene)
+        assert left_out["count"] == 0.0 and left_out["colour"] == pytest.approx(1 - 1 / n)
+    assert description_attributes("no description", scene) == dict.fromkeys(ATTRIBUTES, 0.0)
 
 
 def test_paired_bootstrap_sees_a_paired_difference_that_unpaired_noise_would_hide():
@@ -82,12 +108,21 @@ def test_summary_comparisons_curves_and_report_from_real_responses(tmp_path, mon
     assert s["observed_zero_adv"] == {"perception": 0.375, "reasoning": 0.375}
     assert s["reward_per_step"]["stage1"] == [[0.2, 0.4], [0.2, 0.4]]
     assert s["pool"]["degenerate"] == 0.5
+    assert s["description_attributes"]["stage2"] == dict.fromkeys(ATTRIBUTES, 1.0)
+    warm_attrs = s["description_attributes"]["warmup"]  # an extra first object ("N objects:" only) shifts the rest
+    single = np.mean([len(w["scene"]["objects"]) == 1 for w in world.values()])
+    assert 0 < single < 1 and warm_attrs["count"] == pytest.approx(single) and warm_attrs["size"] < 1.0
+    truth = Counter(o["shape"] for w in world.values() for o in w["scene"]["objects"])
+    assert s["shapes_named"]["stage2"] == pytest.approx({k: truth[k] / sum(truth.values()) for k in SHAPES})
+    assert s["shapes_named"]["warmup"]["circle"] > s["shapes_named"]["stage2"]["circle"]  # the extra red circles
     assert s["updates"]["stage2"] == {"updates": 2, "kl_last": 0.03, "clip_ratio_mean": 0.01}
     s["seeds"] = [1, 2]
     report = results.write_report(s, tmp_path)
     text = report.read_text()
     assert "| stage2_vs_warmup | " in text and "+1.000 [+1.000, +1.000]" in text
     assert "| stage2 | 2 | 0.030 | 0.0100 |" in text
+    assert "| model | circle | square | triangle | diamond | star |" in text
+    assert "| model | count | size | colour | shape | cell |" in text and "| stage2 | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 |" in text
     assert all((tmp_path / "plots" / f).stat().st_size > 1000 for f in ("reward.png", "zero_adv.png", "scores.png"))
     # the table the demo ends with
     from rich.console import Console
