@@ -554,16 +554,23 @@ _ITEM_RE = re.compile(
 )
 
 
+def described_items(description: str) -> list[tuple[str, str, str, str]]:
+    """The ``size colour shape position`` items a description names, in its order, as ``Obj.item_key()`` tuples.
+
+    >>> described_items("2 objects: small red circle top left, large blue star center.")
+    [('small', 'red', 'circle', 'top left'), ('large', 'blue', 'star', 'center')]
+    """
+    return [(size.lower(), color.lower(), shape.lower(), " ".join(where.lower().split()))
+            for size, color, shape, where in _ITEM_RE.findall(description)]
+
+
 def described_objects(description: str) -> Counter:
     """The objects a description names as ``size colour shape position`` items (a multiset).
 
     >>> sorted(described_objects("2 objects: small red circle top left, large blue star center.").elements())
     [('large', 'blue', 'star', 'center'), ('small', 'red', 'circle', 'top left')]
     """
-    return Counter(
-        (size.lower(), color.lower(), shape.lower(), " ".join(where.lower().split()))
-        for size, color, shape, where in _ITEM_RE.findall(description)
-    )
+    return Counter(described_items(description))
 
 
 def description_f1(response: str, scene: dict) -> float:
@@ -595,7 +602,8 @@ def description_f1(response: str, scene: dict) -> float:
 
 
 ATTRIBUTES = ("count", "size", "colour", "shape", "cell")
-"""What `description_attributes` scores: the number of objects named, and each object's four attributes."""
+"""What `description_attributes` scores: the number of objects named, and each object's four attributes
+(in the order of ``Obj.item_key``)."""
 
 
 def description_attributes(response: str, scene: dict) -> dict[str, float]:
@@ -618,12 +626,8 @@ def description_attributes(response: str, scene: dict) -> dict[str, float]:
     """
     from rewards.clip import extract_caption
 
-    named = [m.groups() for m in _ITEM_RE.finditer(extract_caption(response))]
-    truth = [Obj(**o) for o in scene["objects"]]
-    right = dict.fromkeys(ATTRIBUTES[1:], 0)
-    for o, (size, color, shape, where) in zip(truth, named):
-        right["size"] += size.lower() == o.size
-        right["colour"] += color.lower() == o.color
-        right["shape"] += shape.lower() == o.shape
-        right["cell"] += " ".join(where.lower().split()) == o.where
-    return {"count": float(len(named) == len(truth)), **{k: v / len(truth) for k, v in right.items()}}
+    named = described_items(extract_caption(response))
+    truth = [Obj(**o).item_key() for o in scene["objects"]]
+    right = {k: sum(said[i] == true[i] for true, said in zip(truth, named)) / len(truth)
+             for i, k in enumerate(ATTRIBUTES[1:])}  # ATTRIBUTES[1:] in item_key order
+    return {"count": float(len(named) == len(truth)), **right}

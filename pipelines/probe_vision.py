@@ -16,7 +16,8 @@ import argparse
 import json
 from pathlib import Path
 
-ATTRIBUTES = ("shape", "color", "size")
+PROBED = ("shape", "color", "size")
+"""The scene attributes probed (keys of a stored scene object)."""
 
 
 def cell_tokens(model_dir: Path, world: Path, n_images: int = 3000, batch: int = 100):
@@ -24,14 +25,15 @@ def cell_tokens(model_dir: Path, world: Path, n_images: int = 3000, batch: int =
     import numpy as np
     import torch
     from PIL import Image
-    from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
-    processor = AutoProcessor.from_pretrained(model_dir)
+    from train.common import load_vlm
+
+    model, processor = load_vlm(model_dir)
+    model.eval()
     merge = model.config.vision_config.spatial_merge_size
     with open(world / "train.jsonl", encoding="utf-8") as f:
         records = [json.loads(line) for _, line in zip(range(n_images), f)]
-    feats, labels = [], {a: [] for a in ATTRIBUTES}
+    feats, labels = [], {a: [] for a in PROBED}
     with torch.no_grad():
         for start in range(0, len(records), batch):
             rows = records[start:start + batch]
@@ -39,8 +41,7 @@ def cell_tokens(model_dir: Path, world: Path, n_images: int = 3000, batch: int =
             inputs = processor.image_processor(images=images, return_tensors="pt")
             grid = inputs["image_grid_thw"]
             out = model.model.visual(inputs["pixel_values"], grid_thw=grid)
-            tokens = out.pooler_output if hasattr(out, "pooler_output") else out
-            per_image = torch.split(tokens, (grid.prod(-1) // merge**2).tolist())
+            per_image = torch.split(out.pooler_output, (grid.prod(-1) // merge**2).tolist())
             for r, t, (_, h, w) in zip(rows, per_image, grid.tolist()):
                 side = r["scene"]["grid"]
                 if (h // merge, w // merge) != (side, side):
@@ -48,7 +49,7 @@ def cell_tokens(model_dir: Path, world: Path, n_images: int = 3000, batch: int =
                                      f"{side}x{side} grid (render the world at 28 px per cell)")
                 for o in r["scene"]["objects"]:
                     feats.append(t[o["row"] * side + o["col"]].float().numpy())
-                    for a in ATTRIBUTES:
+                    for a in PROBED:
                         labels[a].append(o[a])
     return np.stack(feats), labels
 
@@ -89,7 +90,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     x, labels = cell_tokens(args.model, args.world, args.images)
-    print(json.dumps({a: linear_probe(x, labels[a], args.seed) for a in ATTRIBUTES}, indent=2))
+    print(json.dumps({a: linear_probe(x, labels[a], args.seed) for a in PROBED}, indent=2))
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def per_question(responses_jsonl: Path, world: dict[str, dict]) -> dict[str, np.
     from curate.synth import (
         ATTRIBUTES,
         SHAPES,
-        described_objects,
+        described_items,
         description_attributes,
         description_f1,
     )
@@ -67,10 +67,7 @@ def per_question(responses_jsonl: Path, world: dict[str, dict]) -> dict[str, np.
                          f"{len(set(rows) - set(world))} not in the evaluation world")
     qids = sorted(rows)
     attrs = [description_attributes(rows[q]["response"], world[q]["scene"]) for q in qids]
-    named = Counter()
-    for q in qids:
-        for (_, _, shape, _), k in described_objects(extract_caption(rows[q]["response"])).items():
-            named[shape] += k
+    named = Counter(shape for q in qids for _, _, shape, _ in described_items(extract_caption(rows[q]["response"])))
     return {
         "qid": np.array(qids),
         "capability": np.array([world[q]["capability"] for q in qids]),
@@ -233,19 +230,16 @@ def write_report(summary: dict, out: Path) -> Path:
         a = summary["accuracy"][n]
         lines.append(f"| {n} | {a['perception']:.3f} | {a['reasoning']:.3f} | {summary['description_f1'][n]:.3f} | "
                      f"{'' if z is None else f'{z:.3f}'} |")
-    attrs = summary.get("description_attributes", {})
-    if attrs:
-        names = list(next(iter(attrs.values())))
-        lines += ["", "What the descriptions get right (`curate.synth.description_attributes`: the number of objects, "
+    attrs, shapes = summary["description_attributes"], summary["shapes_named"]
+    names = list(next(iter(attrs.values())))
+    lines += ["", "What the descriptions get right (`curate.synth.description_attributes`: the number of objects, "
                   "and per object in reading order its size, colour, shape and cell; chance 1/2 for size, 1/5 for "
-                  "colour and shape):", "", "| model | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
-        lines += [f"| {n} | " + " | ".join(f"{a[k]:.3f}" for k in names) + " |" for n, a in attrs.items()]
-    shapes = summary.get("shapes_named", {})
-    if shapes:
-        names = list(next(iter(shapes.values())))
-        lines += ["", "Shapes the descriptions name (share of the objects named; the world draws each shape 1/5 of the time):",
-                  "", "| model | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
-        lines += [f"| {n} | " + " | ".join(_fmt(a[k], 2) for k in names) + " |" for n, a in shapes.items()]
+              "colour and shape):", "", "| model | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    lines += [f"| {n} | " + " | ".join(f"{a[k]:.3f}" for k in names) + " |" for n, a in attrs.items()]
+    names = list(next(iter(shapes.values())))
+    lines += ["", "Shapes the descriptions name (share of the objects named; the world draws each shape 1/5 of the time):",
+              "", "| model | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    lines += [f"| {n} | " + " | ".join(_fmt(a[k], 2) for k in names) + " |" for n, a in shapes.items()]
     lines += ["", "Differences, mean over seeds and questions, with paired-bootstrap 95% intervals:", "",
               "| comparison | perception acc | reasoning acc | description F1 |", "|---|---:|---:|---:|"]
     for key, c in summary["comparisons"].items():

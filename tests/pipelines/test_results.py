@@ -39,9 +39,10 @@ def test_description_f1_scores_the_gold_description_1_and_each_error_less():
 
 
 def test_description_attributes_score_each_attribute_of_each_object_on_its_own():
-    record, _ = make_sample(3, 7, image_size=84)
+    record, _ = make_sample(3, 1, image_size=84)
     scene, gold = record["scene"], record["response"]
     n = len(scene["objects"])
+    assert n > 1  # so that one wrong or missing object is a part of the whole
     assert description_attributes(gold, scene) == dict.fromkeys(ATTRIBUTES, 1.0)
     first = scene["objects"][0]
     other = next(s for s in ("circle", "square", "triangle") if s != first["shape"])
@@ -49,10 +50,10 @@ def test_description_attributes_score_each_attribute_of_each_object_on_its_own()
     wrong_shape = description_attributes(gold.replace(item, f"{first['size']} {first['color']} {other}", 1), scene)
     assert wrong_shape == {**dict.fromkeys(ATTRIBUTES, 1.0), "shape": pytest.approx(1 - 1 / n)}
     # one object left out: the count is wrong and so is every attribute of the object not named
-    if n > 1:
-        dropped = gold.replace(f", {scene['objects'][-1]['size']} {scene['objects'][-1]['color']}", " and", 1)
-        left_out = description_attributes(dropped, scene)
-        assert left_out["count"] == 0.0 and left_out["colour"] == pytest.approx(1 - 1 / n)
+    last = scene["objects"][-1]
+    dropped = gold.replace(f", {last['size']} {last['color']} {last['shape']}", "", 1)
+    left_out = description_attributes(dropped, scene)
+    assert left_out["count"] == 0.0 and left_out["colour"] == pytest.approx(1 - 1 / n)
     assert description_attributes("no description", scene) == dict.fromkeys(ATTRIBUTES, 0.0)
 
 
