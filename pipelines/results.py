@@ -87,9 +87,11 @@ def metric(runs: list[dict[str, np.ndarray]], name: str) -> np.ndarray:
     return np.stack([r["accuracy"][mask] for r in runs])
 
 
-def summarise(answers: dict[str, list[dict]], signals: dict[str, list[dict]], bands: dict[str, int]) -> dict:
+def summarise(answers: dict[str, list[dict]], signals: dict[str, list[dict]], bands: dict[str, int],
+              by_family: list[dict]) -> dict:
     """Everything the summary reports, from each model's per-question scores (one entry per seed; the
-    warm-up model has one) and each trained arm's signal.json per seed."""
+    warm-up model has one), each trained arm's signal.json per seed, the pool's bands, and the pool per
+    question family (rows of ``family``, ``capability``, ``n``, ``pass_rate``, ``easy``, ``medium``, ``hard``)."""
     for name, runs in answers.items():
         for r in runs:
             if not np.array_equal(r["qid"], answers["warmup"][0]["qid"]):
@@ -114,6 +116,8 @@ def summarise(answers: dict[str, list[dict]], signals: dict[str, list[dict]], ba
         "bands": {b: bands.get(b, 0) for b in ("easy", "medium", "hard")},
         "pool": {**{b: bands.get(b, 0) / total if total else None for b in ("easy", "medium", "hard")},
                  "degenerate": (bands.get("easy", 0) + bands.get("hard", 0)) / total if total else None},
+        # where the pool's shape comes from: each family's mean pass rate and bands after warm-up
+        "pool_by_family": [{**row, "degenerate": (row["easy"] + row["hard"]) / row["n"]} for row in by_family],
         "eval": {"n": int(first["qid"].size), "perception": int(np.isin(first["capability"], PERCEPTION).sum()),
                  "reasoning": int((first["capability"] == "reasoning").sum())},
         "accuracy": {name: {"perception": v["perception"], "reasoning": v["reasoning"],
@@ -230,6 +234,12 @@ def write_report(summary: dict, out: Path) -> Path:
         a = summary["accuracy"][n]
         lines.append(f"| {n} | {a['perception']:.3f} | {a['reasoning']:.3f} | {summary['description_f1'][n]:.3f} | "
                      f"{'' if z is None else f'{z:.3f}'} |")
+    lines += ["", "The pool per question family after warm-up (mean pass rate over n = 8 rollouts at T = 1.2; "
+              "easy: all right, hard: none right):", "",
+              "| family | capability | questions | mean pass rate | easy | medium | hard | easy or hard |",
+              "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['family']} | {r['capability']} | {r['n']} | {r['pass_rate']:.2f} | {r['easy']} | {r['medium']} | "
+              f"{r['hard']} | {r['degenerate']:.0%} |" for r in summary["pool_by_family"]]
     attrs, shapes = summary["description_attributes"], summary["shapes_named"]
     names = list(next(iter(attrs.values())))
     lines += ["", "What the descriptions get right (`curate.synth.description_attributes`: the number of objects, "

@@ -99,7 +99,11 @@ def test_summary_comparisons_curves_and_report_from_real_responses(tmp_path, mon
     signal = {"predicted_zero_adv": 0.25, "observed_per_step": [0.5, 0.25], "rewards_per_step": {"reward": [0.2, 0.4]}}
     signals = {arm: [signal, {**signal, "updates": {"kl": [0.01, 0.03], "clip_ratio": [0.0, 0.02]}}]
                for arm in ("stage1", "stage2", "single_stage_baseline")}
-    s = results.summarise(answers, signals, {"easy": 10, "medium": 20, "hard": 10})
+    by_family = [{"family": "count_objects", "capability": "perception_coarse", "n": 20, "pass_rate": 0.9,
+                  "easy": 10, "medium": 10, "hard": 0},
+                 {"family": "list_shapes", "capability": "perception_coarse", "n": 20, "pass_rate": 0.1,
+                  "easy": 0, "medium": 10, "hard": 10}]
+    s = results.summarise(answers, signals, {"easy": 10, "medium": 20, "hard": 10}, by_family)
     assert s["eval"]["n"] == 60 and s["eval"]["reasoning"] + s["eval"]["perception"] == 60
     r = s["comparisons"]["stage2_vs_warmup"]["reasoning"]
     assert (r["diff"], r["n"], r["seeds"]) == (1.0, s["eval"]["reasoning"], 2)
@@ -108,7 +112,7 @@ def test_summary_comparisons_curves_and_report_from_real_responses(tmp_path, mon
     assert s["zero_adv_observed"]["single_stage_baseline"]["mean"] == 0.375
     assert s["observed_zero_adv"] == {"perception": 0.375, "reasoning": 0.375}
     assert s["reward_per_step"]["stage1"] == [[0.2, 0.4], [0.2, 0.4]]
-    assert s["pool"]["degenerate"] == 0.5
+    assert s["pool"]["degenerate"] == 0.5 and [r["degenerate"] for r in s["pool_by_family"]] == [0.5, 0.5]
     assert s["description_attributes"]["stage2"] == dict.fromkeys(ATTRIBUTES, 1.0)
     warm_attrs = s["description_attributes"]["warmup"]  # an extra first object ("N objects:" only) shifts the rest
     single = np.mean([len(w["scene"]["objects"]) == 1 for w in world.values()])
@@ -122,6 +126,7 @@ def test_summary_comparisons_curves_and_report_from_real_responses(tmp_path, mon
     text = report.read_text()
     assert "| stage2_vs_warmup | " in text and "+1.000 [+1.000, +1.000]" in text
     assert "| stage2 | 2 | 0.030 | 0.0100 |" in text
+    assert "| list_shapes | perception_coarse | 20 | 0.10 | 0 | 10 | 10 | 50% |" in text
     assert "| model | circle | square | triangle | diamond | star |" in text
     assert "| model | count | size | colour | shape | cell |" in text and "| stage2 | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 |" in text
     assert all((tmp_path / "plots" / f).stat().st_size > 1000 for f in ("reward.png", "zero_adv.png", "scores.png"))
