@@ -169,9 +169,7 @@ class Demo:
         from pipelines import results
 
         store = self.out / "store"
-        bands = {r["band"]: r["n"] for r in self.sql(store, "select band, count(*) as n from difficulty group by band")}
-        by_cap = self.sql(store, "select s.capability, d.band, count(*) as n from difficulty d join samples s "
-                                 "using (sample_id) group by all order by all")
+        # one query for the pool: each family's bands; the summary derives the totals and the capabilities' bands
         by_family = self.sql(store, "select json_extract_string(s.extra, '$.question.family') as family, s.capability, "
                                     "count(*) as n, avg(d.pass_rate) as pass_rate, count(*) filter (where d.band = 'easy') as easy, "
                                     "count(*) filter (where d.band = 'medium') as medium, count(*) filter (where d.band = 'hard') as hard "
@@ -193,8 +191,7 @@ class Demo:
                             for s in self.seeds]
         first = rollouts[self.seeds[0]]
         summary = {
-            **results.summarise(answers, signals, bands, by_family),
-            "bands_by_capability": by_cap,
+            **results.summarise(answers, signals, by_family),
             "rollouts": {"two_stage": first["two_stage"], "single_stage_baseline": first["single_stage_baseline"],
                          "by_seed": {str(k): v for k, v in rollouts.items()}},
             "seeds": self.seeds,

@@ -29,6 +29,7 @@ COMPARISONS = {
 VS_WARMUP = {model: key for key, (model, minus) in COMPARISONS.items() if minus == "warmup"}
 """The comparison of each trained model with the warm-up model (the report's error bars)."""
 METRICS = ("perception", "reasoning", "description_f1")
+BANDS = ("easy", "medium", "hard")
 
 
 def scenes(world_jsonl: Path) -> dict[str, dict]:
@@ -87,11 +88,10 @@ def metric(runs: list[dict[str, np.ndarray]], name: str) -> np.ndarray:
     return np.stack([r["accuracy"][mask] for r in runs])
 
 
-def summarise(answers: dict[str, list[dict]], signals: dict[str, list[dict]], bands: dict[str, int],
-              by_family: list[dict]) -> dict:
+def summarise(answers: dict[str, list[dict]], signals: dict[str, list[dict]], by_family: list[dict]) -> dict:
     """Everything the summary reports, from each model's per-question scores (one entry per seed; the
-    warm-up model has one), each trained arm's signal.json per seed, the pool's bands, and the pool per
-    question family (rows of ``family``, ``capability``, ``n``, ``pass_rate``, ``easy``, ``medium``, ``hard``)."""
+    warm-up model has one), each trained arm's signal.json per seed, and the pool's bands per question
+    family (rows of ``family``, ``capability``, ``n``, ``pass_rate``, ``easy``, ``medium``, ``hard``)."""
     for name, runs in answers.items():
         for r in runs:
             if not np.array_equal(r["qid"], answers["warmup"][0]["qid"]):
@@ -111,11 +111,16 @@ def summarise(answers: dict[str, list[dict]], signals: dict[str, list[dict]], ba
         for arm, runs in signals.items()
     }
     first = answers["warmup"][0]
-    total = sum(bands.get(b, 0) for b in ("easy", "medium", "hard"))
+    bands = {b: sum(row[b] for row in by_family) for b in BANDS}
+    total = sum(bands.values())
+    by_capability = Counter()
+    for row in by_family:
+        by_capability.update({(row["capability"], b): row[b] for b in BANDS})
     return {
-        "bands": {b: bands.get(b, 0) for b in ("easy", "medium", "hard")},
-        "pool": {**{b: bands.get(b, 0) / total if total else None for b in ("easy", "medium", "hard")},
-                 "degenerate": (bands.get("easy", 0) + bands.get("hard", 0)) / total if total else None},
+        "bands": bands,
+        "pool": {**{b: n / total if total else None for b, n in bands.items()},
+                 "degenerate": (bands["easy"] + bands["hard"]) / total if total else None},
+        "bands_by_capability": [{"capability": c, "band": b, "n": n} for (c, b), n in sorted(by_capability.items()) if n],
         # where the pool's shape comes from: each family's mean pass rate and bands after warm-up
         "pool_by_family": [{**row, "degenerate": (row["easy"] + row["hard"]) / row["n"]} for row in by_family],
         "eval": {"n": int(first["qid"].size), "perception": int(np.isin(first["capability"], PERCEPTION).sum()),

@@ -103,7 +103,7 @@ def test_summary_comparisons_curves_and_report_from_real_responses(tmp_path, mon
                   "easy": 10, "medium": 10, "hard": 0},
                  {"family": "list_shapes", "capability": "perception_coarse", "n": 20, "pass_rate": 0.1,
                   "easy": 0, "medium": 10, "hard": 10}]
-    s = results.summarise(answers, signals, {"easy": 10, "medium": 20, "hard": 10}, by_family)
+    s = results.summarise(answers, signals, by_family)
     assert s["eval"]["n"] == 60 and s["eval"]["reasoning"] + s["eval"]["perception"] == 60
     r = s["comparisons"]["stage2_vs_warmup"]["reasoning"]
     assert (r["diff"], r["n"], r["seeds"]) == (1.0, s["eval"]["reasoning"], 2)
@@ -113,6 +113,9 @@ def test_summary_comparisons_curves_and_report_from_real_responses(tmp_path, mon
     assert s["observed_zero_adv"] == {"perception": 0.375, "reasoning": 0.375}
     assert s["reward_per_step"]["stage1"] == [[0.2, 0.4], [0.2, 0.4]]
     assert s["pool"]["degenerate"] == 0.5 and [r["degenerate"] for r in s["pool_by_family"]] == [0.5, 0.5]
+    assert s["bands"] == {"easy": 10, "medium": 20, "hard": 10}  # the pool's totals, summed over its families
+    assert s["bands_by_capability"] == [{"capability": "perception_coarse", "band": b, "n": n}
+                                        for b, n in (("easy", 10), ("hard", 10), ("medium", 20))]
     assert s["description_attributes"]["stage2"] == dict.fromkeys(ATTRIBUTES, 1.0)
     warm_attrs = s["description_attributes"]["warmup"]  # an extra first object ("N objects:" only) shifts the rest
     single = np.mean([len(w["scene"]["objects"]) == 1 for w in world.values()])
